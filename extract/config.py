@@ -1,0 +1,68 @@
+"""Settings of ``jungle features``, validated before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from extract.backbones import DEFAULT_BACKBONE
+
+
+class ConfigError(ValueError):
+    """A configuration file or option is invalid; the message says which and why."""
+
+
+class FeaturesConfig(BaseModel):
+    """Everything that controls feature extraction. Defaults are the documented defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field(DEFAULT_BACKBONE, description="registry name of the CNN")
+    weights: str | None = Field(None, description="local weights file (not for the default)")
+    layers: list[str] | None = Field(None, description="module names to tap; default per backbone")
+    frames: int = Field(32, ge=1, le=1024, description="frames sampled per clip (32-45 intended)")
+    image_size: int | None = Field(None, ge=16, le=2048, description="frame side; default: backbone's")
+    pooling: Literal["avg", "max", "avgmax"] = "avg"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    workers: int = Field(2, ge=0, le=64, description="decoder processes (0: decode in-process)")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="CPU arithmetic of the CNN (CUDA always uses float16 autocast)"
+    )
+    batch_frames: int = Field(64, ge=1, le=4096, description="frames per CNN batch (from several clips)")
+    shard_clips: int = Field(32, ge=1, le=10_000, description="clips per crash-safe shard")
+    clip_timeout: float = Field(300.0, gt=0, description="seconds before a clip's decode is abandoned")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def load_config(path: Path | None, overrides: dict[str, object]) -> FeaturesConfig:
+    """Read a YAML config (optional), apply non-None ``overrides``, validate.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or invalid values, with every problem.
+    """
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return FeaturesConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid features config{f' {path}' if path else ''}: {problems}") from exc

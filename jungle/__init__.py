@@ -1,0 +1,3 @@
+"""jungle: species in camera-trap video clips. The command line lives in :mod:`jungle.cli`."""
+
+__version__ = "0.1.0"

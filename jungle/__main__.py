@@ -1,0 +1,5 @@
+"""``python -m jungle`` runs the command line."""
+
+from jungle.cli import main
+
+main()

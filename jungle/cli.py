@@ -1,0 +1,133 @@
+"""The ``jungle`` command line. Each subcommand is a thin layer over a library function;
+user errors are printed as one clear line (exit code 2), never as a traceback."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(
+    name="jungle",
+    help="Species in camera-trap videos: features → level-1 models → level-2 stacker → predictions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """jungle: which species appear in camera-trap video clips."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("PIL", "timm", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM ends a run like Ctrl-C: finished clips are saved before exiting."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` as an error and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def features(
+    videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) or CSV with a 'filepath' column.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 feature store to write or extend.")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML settings (see configs/features.yaml).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone: efficientnet_lite0 (default), a timm name, or pretrainedmodels:ARCH.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Local weights file for backbones other than the default.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated module names to tap (default: the backbone's).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Frames per clip [default: 32].")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Frame side in pixels [default: the backbone's].")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="avg | max | avgmax [default: avg].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoder processes [default: 2].")] = None,
+    batch_frames: Annotated[Optional[int], typer.Option(help="Frames per CNN batch [default: 64].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="float32 | bfloat16: CPU CNN arithmetic [default: float32].")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Process clips that failed in an earlier run again.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Extract skip-connection CNN features of every clip into an HDF5 store.
+
+    Resumable: run the same command again after an interruption and finished clips are
+    skipped. Exit code 0 when at least one clip is in the store, 1 when none succeeded,
+    2 for invalid input or settings.
+    """
+    _setup_logging(verbose)
+    from extract.backbones import BackboneError
+    from extract.config import ConfigError, load_config
+    from extract.discover import DiscoveryError
+    from extract.pipeline import extract_features
+    from extract.store import StoreError
+
+    overrides = {
+        "backbone": backbone,
+        "weights": weights,
+        "layers": [x.strip() for x in layers.split(",") if x.strip()] if layers else None,
+        "frames": frames,
+        "image_size": image_size,
+        "pooling": pooling,
+        "device": device,
+        "workers": workers,
+        "batch_frames": batch_frames,
+        "precision": precision,
+    }
+    _sigterm_as_interrupt()
+    try:
+        cfg = load_config(config, overrides)
+        summary = extract_features(
+            videos, out, cfg, show_progress=progress, retry_failed=retry_failed, overwrite=overwrite
+        )
+    except (ConfigError, DiscoveryError, BackboneError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted:[/] finished clips are saved; run the same command to resume.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    err.print(
+        f"[bold green]done[/] in {summary.seconds:.1f} s: {summary.ok} clips in {summary.out} "
+        f"({summary.partial} partial), {summary.failed} failed (see {summary.failed_csv}); "
+        f"{summary.processed} processed now, {summary.already_done} were already done.",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if summary.ok == 0:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``jungle`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
