@@ -1,0 +1,151 @@
+"""Benchmark of `jungle features` on real 720x404 clips (run by `make bench`).
+
+Prints, in one run on the same clips (the six clips of ../shared/data/chimpandsee looped
+to --clips symlinks):
+
+* decode-only clips/s: the extraction DataLoader (workers, frame-exact sampling, resize);
+* CNN-only clips/s: the default backbone on already-decoded frames, batched as in a run;
+* end-to-end clips/s: ``extract_features`` writing a fresh store, over its clip loop
+  (decode workers + CNN + shard writes); start-up (backbone build) and the final assembly
+  are printed apart;
+* the bound 1/(1/decode + 1/CNN) and end-to-end as a fraction of it (target >= 0.95);
+* a Zamba-style loader (an ffmpeg subprocess decoding each whole clip to rgb24 at full
+  resolution, fps=4) through the same DataLoader, and decode-only / Zamba (target >= 1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from extract.backbones import build_backbone  # noqa: E402
+from extract.config import FeaturesConfig  # noqa: E402
+from extract.discover import discover  # noqa: E402
+from extract.features import TapExtractor  # noqa: E402
+from extract.pipeline import FrameBatcher, _ClipDataset, _worker_init, extract_features  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "chimpandsee"
+
+
+def looped_folder(src: Path, n: int, dst: Path) -> Path:
+    """``n`` symlinks cycling over the clips of ``src`` (no media is copied)."""
+    clips = sorted(p for p in src.iterdir() if p.suffix.lower() == ".mp4")
+    if not clips:
+        raise SystemExit(f"no .mp4 clips in {src}")
+    for i in range(n):
+        os.symlink(clips[i % len(clips)], dst / f"loop{i:03d}_{clips[i % len(clips)].name}")
+    return dst
+
+
+def _timed_loader(dataset: Dataset, workers: int) -> tuple[float, list]:
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+    )
+    start = time.perf_counter()
+    items = list(loader)
+    return time.perf_counter() - start, items
+
+
+class ZambaStyle(Dataset):
+    """What Zamba's loader does: ffmpeg decodes the whole clip at full resolution to rgb24,
+    keeping 4 frames per second, through a pipe."""
+
+    def __init__(self, paths: list[Path], ffmpeg: str) -> None:
+        self.paths, self.ffmpeg = paths, ffmpeg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        probe = subprocess.run(
+            [self.ffmpeg, "-v", "error", "-i", str(path), "-vf", "fps=4", "-f", "rawvideo",
+             "-pix_fmt", "rgb24", "-"],
+            capture_output=True, check=True,
+        )
+        return np.frombuffer(probe.stdout, dtype=np.uint8).reshape(-1, 404, 720, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--clips", type=int, default=30)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=FeaturesConfig().workers)
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import imageio_ffmpeg
+
+    config = FeaturesConfig(frames=args.frames, workers=args.workers, precision=args.precision)
+    backbone = build_backbone(config.backbone)
+    size = backbone.input_size
+    print(f"# jungle features benchmark, {date.today()}, {platform.node()}")
+    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{args.clips} clips of {args.data}, {args.frames} frames at {size}px, "
+          f"workers={config.workers}, precision={config.precision}")
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = Path(tmp) / "videos"
+        videos.mkdir()
+        folder = looped_folder(args.data, args.clips, videos)
+        _, clips = discover(folder)
+
+        decode_s, items = _timed_loader(_ClipDataset(clips, config.frames, size, "cpu"), config.workers)
+        assert all(item["ok"] for item in items), [i.get("reason") for i in items if not i["ok"]]
+        decode_rate = len(clips) / decode_s
+
+        extractor = TapExtractor(backbone, torch.device("cpu"), config.pooling, config.precision)
+        batcher = FrameBatcher(extractor, backbone.taps, config.batch_frames)
+        batcher.add(clips[0], items[0])  # warm-up (oneDNN primitive creation)
+        batcher.finish()
+        start = time.perf_counter()
+        n_done = 0
+        for clip, item in zip(clips, items, strict=True):
+            n_done += len(batcher.add(clip, item))
+        n_done += len(batcher.finish())
+        cnn_s = time.perf_counter() - start
+        assert n_done == len(clips)
+        cnn_rate = len(clips) / cnn_s
+        del items
+
+        out = Path(tmp) / "features.h5"
+        start = time.perf_counter()
+        summary = extract_features(folder, out, config, show_progress=False)
+        e2e_total_s = time.perf_counter() - start
+        assert summary.ok == len(clips)
+        startup_s = e2e_total_s - summary.processing_seconds
+        e2e_rate = len(clips) / summary.processing_seconds
+
+        zamba_s, zitems = _timed_loader(ZambaStyle([c.path for c in clips], imageio_ffmpeg.get_ffmpeg_exe()), config.workers)
+        zamba_rate = len(clips) / zamba_s
+        zframes = np.mean([len(z) for z in zitems])
+
+    bound = 1 / (1 / decode_rate + 1 / cnn_rate)
+    print(f"decode-only        {decode_rate:7.2f} clips/s  ({decode_s:.1f} s)")
+    print(f"CNN-only           {cnn_rate:7.2f} clips/s  ({cnn_s:.1f} s)")
+    print(f"bound 1/(1/d+1/c)  {bound:7.2f} clips/s")
+    print(f"end-to-end         {e2e_rate:7.2f} clips/s  ({e2e_total_s:.1f} s wall incl. "
+          f"{startup_s:.1f} s start-up and assembly; {len(clips) / e2e_total_s:.2f} clips/s with it)")
+    print(f"end-to-end / bound {e2e_rate / bound:7.2f}   (target >= 0.95)")
+    print(f"zamba-style        {zamba_rate:7.2f} clips/s  ({zamba_s:.1f} s, {zframes:.0f} full-res frames/clip)")
+    print(f"decode / zamba     {decode_rate / zamba_rate:7.2f}   (target >= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
