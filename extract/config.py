@@ -31,6 +31,9 @@ class FeaturesConfig(BaseModel):
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU arithmetic of the CNN (CUDA always uses float16 autocast)"
     )
+    tta: Literal["none", "hflip"] = Field(
+        "none", description="test-time augmentation: hflip averages frames and mirror images"
+    )
     batch_frames: int = Field(64, ge=1, le=4096, description="frames per CNN batch (from several clips)")
     shard_clips: int = Field(32, ge=1, le=10_000, description="clips per crash-safe shard")
     clip_timeout: float = Field(300.0, gt=0, description="seconds before a clip's decode is abandoned")

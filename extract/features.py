@@ -18,7 +18,9 @@ class TapExtractor:
     float32, pooled by ``pooling``: ``avg`` (global average), ``max`` (global max) or
     ``avgmax`` (both, concatenated: ``2C`` channels). On CUDA the network runs under float16
     autocast; on the CPU in float32, or bfloat16 autocast when ``precision="bfloat16"``
-    (several times faster on CPUs with AMX, slightly different numbers).
+    (several times faster on CPUs with AMX, slightly different numbers). ``tta="hflip"``
+    averages every output over the frames and their horizontal mirror images (twice the
+    CNN work, same shapes).
     """
 
     def __init__(
@@ -27,12 +29,16 @@ class TapExtractor:
         device: torch.device,
         pooling: str = "avg",
         precision: str = "float32",
+        tta: str = "none",
     ) -> None:
         if pooling not in ("avg", "max", "avgmax"):
             raise ValueError(f"pooling must be avg, max or avgmax, not {pooling!r}")
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
+        if tta not in ("none", "hflip"):
+            raise ValueError(f"tta must be none or hflip, not {tta!r}")
         self.precision = precision
+        self.tta = tta
         self.backbone = backbone
         self.device = device
         self.pooling = pooling
@@ -50,8 +56,16 @@ class TapExtractor:
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor, with_logits: bool = False) -> dict[str, torch.Tensor]:
-        """Pooled features per tap (and ImageNet ``logits`` when asked)."""
+        """Pooled features per tap (and ImageNet ``logits`` when asked). With
+        ``tta="hflip"`` each output is the mean over the frames and their mirror images."""
         x = self.preprocess(frames)
+        out = self._forward(x, with_logits)
+        if self.tta == "hflip":
+            flipped = self._forward(x.flip(-1), with_logits)
+            out = {k: (v + flipped[k]) / 2 for k, v in out.items()}
+        return out
+
+    def _forward(self, x: torch.Tensor, with_logits: bool) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.device.type == "cuda":
             autocast = torch.autocast("cuda", dtype=torch.float16)

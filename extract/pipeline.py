@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: settings that must match for an existing store or shard to be extended.
 _IDENTITY_KEYS = (
-    "backbone", "weights_sha256", "layers", "frames", "image_size", "pooling", "precision",
+    "backbone", "weights_sha256", "layers", "frames", "image_size", "pooling", "precision", "tta",
 )
 _VERSIONED = ("jungle", "torch", "torchvision", "timm", "decord", "av", "h5py", "numpy")
 
@@ -183,6 +183,7 @@ def _extraction(backbone: Backbone, config: FeaturesConfig, image_size: int) -> 
         "image_size": image_size,
         "pooling": config.pooling,
         "precision": config.precision,
+        "tta": config.tta,
         "mean": list(backbone.mean),
         "std": list(backbone.std),
         "resize": "squash to image_size x image_size, bicubic, at decode time",
@@ -323,7 +324,7 @@ def _process(
     attrs: dict,
     show_progress: bool,
 ) -> int:
-    extractor = TapExtractor(backbone, device, config.pooling, config.precision)
+    extractor = TapExtractor(backbone, device, config.pooling, config.precision, config.tta)
     batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames)
     layers = list(backbone.taps)
     run_stamp = f"{time.time_ns():020d}"

@@ -69,6 +69,7 @@ def features(
     workers: Annotated[Optional[int], typer.Option(help="Decoder processes [default: 2].")] = None,
     batch_frames: Annotated[Optional[int], typer.Option(help="Frames per CNN batch [default: 64].")] = None,
     precision: Annotated[Optional[str], typer.Option(help="float32 | bfloat16: CPU CNN arithmetic [default: float32].")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="none | hflip: average features of frames and their mirror images [default: none].")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Process clips that failed in an earlier run again.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -98,6 +99,7 @@ def features(
         "workers": workers,
         "batch_frames": batch_frames,
         "precision": precision,
+        "tta": tta,
     }
     _sigterm_as_interrupt()
     try:

@@ -94,3 +94,15 @@ def test_backbone_errors_are_clear(tmp_path: Path) -> None:
         build_backbone("resnet18", weights=wrong)
     with pytest.raises(BackboneError, match="no module named nope"):
         build_backbone(taps=["blocks.2", "nope"])
+
+
+def test_hflip_tta_changes_features_keeps_shapes_and_is_flip_invariant(lite0) -> None:  # noqa: ANN001
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    plain = TapExtractor(lite0, CPU)(frames)
+    tta = TapExtractor(lite0, CPU, tta="hflip")
+    both = tta(frames)
+    assert {k: v.shape for k, v in both.items()} == {k: v.shape for k, v in plain.items()}
+    assert not torch.allclose(both["features"], plain["features"])
+    mirrored = tta(frames.flip(2))  # the same pair of views: the same features
+    for k in both:
+        torch.testing.assert_close(mirrored[k], both[k], rtol=1e-4, atol=1e-5)
