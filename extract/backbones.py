@@ -14,6 +14,9 @@ feature map (before its classifier). Default taps:
 * any timm model: the last three stages of ``model.feature_info`` (without the one that is
   the final feature map itself) plus ``features``.
 * pretrainedmodels: see :data:`PRETRAINEDMODELS_TAPS`; ``features`` is ``model.features``.
+* torchvision (``torchvision:ARCH``): ResNet-like models tap ``layer1..3``; models with a
+  ``features`` trunk (EfficientNet, MobileNet...) tap ``features.{n-6,n-4,n-2}`` of its n
+  blocks (ConvNeXt: the stage outputs ``features.{1,3,5}``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +61,8 @@ class Backbone:
 
     Attributes:
         name: registry name as given by the user (``efficientnet_lite0``, ``timm:resnet50``,
-            ``pretrainedmodels:inceptionv4``; a bare name is tried in timm).
+            ``pretrainedmodels:inceptionv4``, ``torchvision:resnet50``; a bare name is
+            tried in timm).
         model: the network, in eval mode.
         taps: tapped module names, in order, ``features`` last.
         input_size: square frame side the network expects.
@@ -75,16 +79,18 @@ class Backbone:
     std: tuple[float, float, float]
     weights: str
     weights_sha256: str = ""
-    _features_fn: str = field(default="forward_features", repr=False)
-    _logits_fn: str = field(default="forward_head", repr=False)
+    features_fn: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final feature map of normalised frames ``x``."""
-        return getattr(self.model, self._features_fn)(x)
+        fn = self.features_fn or self.model.forward_features
+        return fn(x)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet logits from :meth:`forward_features`' output."""
-        return getattr(self.model, self._logits_fn)(features)
+        fn = self.logits_fn or self.model.forward_head
+        return fn(features)
 
 
 def build_backbone(
@@ -96,7 +102,8 @@ def build_backbone(
 
     Args:
         name: ``efficientnet_lite0`` (default, embedded ImageNet weights), a timm model name
-            (``resnet50`` or ``timm:resnet50``) or ``pretrainedmodels:ARCH``.
+            (``resnet50`` or ``timm:resnet50``), ``pretrainedmodels:ARCH`` or
+            ``torchvision:ARCH``.
         weights: a local state-dict file (``.pth``/``.pt``/``.bin``/``.safetensors``), or
             ``"random"`` for untrained weights (tests only). Required except for the default.
         taps: module names to tap instead of the backbone's defaults; ``features`` (the
@@ -106,12 +113,14 @@ def build_backbone(
         BackboneError: unknown name, unknown tap, missing or unfitting weights.
     """
     family, _, arch = name.partition(":") if ":" in name else ("", "", name)
-    if family not in ("", "timm", "pretrainedmodels"):
+    if family not in ("", "timm", "pretrainedmodels", "torchvision"):
         raise BackboneError(f"unknown backbone family {family!r} in {name!r}")
     if arch == DEFAULT_BACKBONE and family == "":
         backbone = _build_lite0(weights)
     elif family == "pretrainedmodels":
         backbone = _build_pretrainedmodels(arch, weights)
+    elif family == "torchvision":
+        backbone = _build_torchvision(arch, weights)
     else:
         backbone = _build_timm(arch, weights)
     backbone.name = name
@@ -212,9 +221,56 @@ def _build_pretrainedmodels(arch: str, weights: str | Path | None) -> Backbone:
         std=tuple(settings["std"]),
         weights=weights_desc,
         weights_sha256=sha,
-        _features_fn="features",
-        _logits_fn="logits",
+        features_fn=model.features,
+        logits_fn=model.logits,
     )
+
+
+def _build_torchvision(arch: str, weights: str | Path | None) -> Backbone:
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise BackboneError(f"unknown torchvision classification model {arch!r}")
+    _require_weights(f"torchvision:{arch}", weights)
+    model = torchvision.models.get_model(arch, weights=None)
+    weights_desc, sha = _load_weights(model, weights)
+    features_fn, logits_fn, taps = _torchvision_split(model, arch)
+    return Backbone(
+        name=arch,
+        model=model,
+        taps=(*taps, FEATURES_TAP),
+        input_size=299 if arch.startswith("inception") else 224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        weights=weights_desc,
+        weights_sha256=sha,
+        features_fn=features_fn,
+        logits_fn=logits_fn,
+    )
+
+
+def _torchvision_split(
+    model: nn.Module, arch: str
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], tuple[str, ...]]:
+    """(final feature map, head, default taps) of the torchvision families jungle knows:
+    ResNet-like (``layer1..4``) and those with a ``features`` trunk (EfficientNet,
+    MobileNet, ConvNeXt, DenseNet, VGG...)."""
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)) and hasattr(model, "fc"):
+        stem = [model.conv1, model.bn1, model.relu, model.maxpool]
+        trunk = nn.Sequential(*stem, model.layer1, model.layer2, model.layer3, model.layer4)
+        head = lambda f: model.fc(torch.flatten(model.avgpool(f), 1))  # noqa: E731
+        return trunk, head, ("layer1", "layer2", "layer3")
+    if isinstance(getattr(model, "features", None), nn.Sequential) and hasattr(model, "classifier"):
+        n = len(model.features)
+        offset = 1 if arch.startswith("convnext") else 0  # stages, not their downsamplers
+        taps = tuple(f"features.{i - offset}" for i in (n - 6, n - 4, n - 2)) if n >= 7 else ()
+        if arch.startswith("convnext"):
+            head = lambda f: model.classifier(model.avgpool(f))  # noqa: E731
+        else:
+            pool = getattr(model, "avgpool", nn.AdaptiveAvgPool2d(1))
+            head = lambda f: model.classifier(torch.flatten(pool(f), 1))  # noqa: E731
+        return model.features, head, taps
+    raise BackboneError(f"torchvision:{arch}: jungle does not know where this model's trunk ends")
 
 
 def _require_weights(name: str, weights: str | Path | None) -> None:
