@@ -39,11 +39,24 @@ POOLINGS = ("avg", "max", "avgmax")
 
 #: default intermediate taps of pretrainedmodels architectures (``features`` is added).
 PRETRAINEDMODELS_TAPS: dict[str, tuple[str, ...]] = {
-    **{a: ("layer1", "layer2", "layer3") for a in (
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "fbresnet152",
-        "se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d",
-        "se_resnext101_32x4d", "senet154", "cafferesnet101",
-    )},
+    **{
+        a: ("layer1", "layer2", "layer3")
+        for a in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet152",
+            "fbresnet152",
+            "se_resnet50",
+            "se_resnet101",
+            "se_resnet152",
+            "se_resnext50_32x4d",
+            "se_resnext101_32x4d",
+            "senet154",
+            "cafferesnet101",
+        )
+    },
     "inceptionv4": ("features.5", "features.9", "features.17"),
     "inceptionresnetv2": ("mixed_5b", "mixed_6a", "mixed_7a"),
     "nasnetalarge": ("cell_5", "cell_11", "cell_15"),
@@ -97,6 +110,7 @@ def build_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
     taps: Sequence[str] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Backbone:
     """Build a backbone by registry name.
 
@@ -108,10 +122,15 @@ def build_backbone(
             ``"random"`` for untrained weights (tests only). Required except for the default.
         taps: module names to tap instead of the backbone's defaults; ``features`` (the
             final feature map) is always added last.
+        checkpoint: a fine-tuned backbone saved by :func:`save_checkpoint` (``jungle
+            finetune``); it names its own architecture, so ``name`` and ``weights`` are
+            ignored.
 
     Raises:
         BackboneError: unknown name, unknown tap, missing or unfitting weights.
     """
+    if checkpoint is not None:
+        return _build_from_checkpoint(Path(checkpoint), taps)
     family, _, arch = name.partition(":") if ":" in name else ("", "", name)
     if family not in ("", "timm", "pretrainedmodels", "torchvision"):
         raise BackboneError(f"unknown backbone family {family!r} in {name!r}")
@@ -251,7 +270,9 @@ def _build_torchvision(arch: str, weights: str | Path | None) -> Backbone:
 
 def _torchvision_split(
     model: nn.Module, arch: str
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], tuple[str, ...]]:
+) -> tuple[
+    Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], tuple[str, ...]
+]:
     """(final feature map, head, default taps) of the torchvision families jungle knows:
     ResNet-like (``layer1..4``) and those with a ``features`` trunk (EfficientNet,
     MobileNet, ConvNeXt, DenseNet, VGG...)."""
@@ -312,6 +333,76 @@ def _load_weights(model: nn.Module, weights: str | Path | None) -> tuple[str, st
             f"unexpected {result.unexpected_keys[:5]}"
         )
     return str(path.absolute()), _sha256(path)
+
+
+CHECKPOINT_FORMAT = "jungle-finetuned-backbone"
+
+
+def reset_head(backbone: Backbone, n_classes: int) -> None:
+    """Replace the ImageNet classifier by a fresh linear layer of ``n_classes`` outputs, so
+    that :meth:`Backbone.logits` becomes a frame classifier for fine-tuning."""
+    model = backbone.model
+    if hasattr(model, "reset_classifier"):  # timm
+        model.reset_classifier(n_classes)
+    elif isinstance(getattr(model, "last_linear", None), nn.Linear):  # pretrainedmodels
+        model.last_linear = nn.Linear(model.last_linear.in_features, n_classes)
+    elif isinstance(getattr(model, "fc", None), nn.Linear):  # torchvision ResNet-like
+        model.fc = nn.Linear(model.fc.in_features, n_classes)
+    elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(
+        model.classifier[-1], nn.Linear
+    ):  # torchvision EfficientNet, ConvNeXt, MobileNet...
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, n_classes)
+    else:
+        raise BackboneError(f"{backbone.name}: jungle cannot find this model's classifier")
+
+
+def save_checkpoint(path: Path, backbone: Backbone, classes: Sequence[str], info: dict) -> None:
+    """Save a fine-tuned backbone (weights and head) with everything needed to rebuild it:
+    registry name, classes, input size, normalisation, taps, and ``info`` (training facts)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "backbone": backbone.name,
+        "classes": list(classes),
+        "input_size": backbone.input_size,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "taps": list(backbone.taps),
+        "info": info,
+        "state_dict": backbone.model.state_dict(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The contents of a fine-tuned checkpoint (see :func:`save_checkpoint`)."""
+    if not path.is_file():
+        raise BackboneError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise BackboneError(f"{path} is not a jungle fine-tuned checkpoint")
+    return ckpt
+
+
+def _build_from_checkpoint(path: Path, taps: Sequence[str] | None) -> Backbone:
+    ckpt = read_checkpoint(path)
+    backbone = build_backbone(ckpt["backbone"], weights="random", taps=taps or ckpt["taps"])
+    reset_head(backbone, len(ckpt["classes"]))
+    try:
+        backbone.model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise BackboneError(f"{path} does not fit {ckpt['backbone']}: {exc}") from exc
+    backbone.input_size = int(ckpt["input_size"])
+    backbone.mean = tuple(ckpt["mean"])
+    backbone.std = tuple(ckpt["std"])
+    backbone.weights = f"checkpoint:{path.absolute()}"
+    backbone.weights_sha256 = _sha256(path)
+    backbone.model.eval().requires_grad_(False)
+    return backbone
 
 
 def _check_taps(backbone: Backbone) -> None:

@@ -22,9 +22,14 @@ class FeaturesConfig(BaseModel):
 
     backbone: str = Field(DEFAULT_BACKBONE, description="registry name of the CNN")
     weights: str | None = Field(None, description="local weights file (not for the default)")
+    checkpoint: str | None = Field(
+        None, description="fine-tuned backbone from `jungle finetune` (overrides backbone)"
+    )
     layers: list[str] | None = Field(None, description="module names to tap; default per backbone")
     frames: int = Field(32, ge=1, le=1024, description="frames sampled per clip (32-45 intended)")
-    image_size: int | None = Field(None, ge=16, le=2048, description="frame side; default: backbone's")
+    image_size: int | None = Field(
+        None, ge=16, le=2048, description="frame side; default: backbone's"
+    )
     pooling: Literal["avg", "max", "avgmax"] = "avg"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     workers: int = Field(2, ge=0, le=64, description="decoder processes (0: decode in-process)")
@@ -34,9 +39,13 @@ class FeaturesConfig(BaseModel):
     tta: Literal["none", "hflip"] = Field(
         "none", description="test-time augmentation: hflip averages frames and mirror images"
     )
-    batch_frames: int = Field(64, ge=1, le=4096, description="frames per CNN batch (from several clips)")
+    batch_frames: int = Field(
+        64, ge=1, le=4096, description="frames per CNN batch (from several clips)"
+    )
     shard_clips: int = Field(32, ge=1, le=10_000, description="clips per crash-safe shard")
-    clip_timeout: float = Field(300.0, gt=0, description="seconds before a clip's decode is abandoned")
+    clip_timeout: float = Field(
+        300.0, gt=0, description="seconds before a clip's decode is abandoned"
+    )
 
     @field_validator("device")
     @classmethod
@@ -68,4 +77,6 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> FeaturesConf
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"invalid features config{f' {path}' if path else ''}: {problems}") from exc
+        raise ConfigError(
+            f"invalid features config{f' {path}' if path else ''}: {problems}"
+        ) from exc

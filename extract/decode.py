@@ -38,6 +38,7 @@ def _quiet_decord() -> None:
 
     decord.logging.set_level(decord.logging.QUIET)
 
+
 #: (codec) decoded by decord's random access in any container but ASF/AVI.
 SEEKABLE_CODECS: frozenset[str] = frozenset({"h264", "hevc", "vp9", "av1"})
 #: intra-only codecs: every frame is a keyframe, so seeking is exact in any container.

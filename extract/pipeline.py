@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -41,7 +41,14 @@ log = logging.getLogger(__name__)
 
 #: settings that must match for an existing store or shard to be extended.
 _IDENTITY_KEYS = (
-    "backbone", "weights_sha256", "layers", "frames", "image_size", "pooling", "precision", "tta",
+    "backbone",
+    "weights_sha256",
+    "layers",
+    "frames",
+    "image_size",
+    "pooling",
+    "precision",
+    "tta",
 )
 _VERSIONED = ("jungle", "torch", "torchvision", "timm", "decord", "av", "h5py", "numpy")
 
@@ -104,7 +111,7 @@ def extract_features(
     if not clips:
         raise DiscoveryError(f"{source}: no video files found (looked for {_ext_list()})")
     device = _resolve_device(config.device)
-    backbone = build_backbone(config.backbone, config.weights, config.layers)
+    backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size
     extraction = _extraction(backbone, config, image_size)
     attrs = {
@@ -112,7 +119,7 @@ def extract_features(
         "config": config.model_dump(),
         "versions": _versions(),
         "source": str(root),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     parts = parts_dir(out)
     sources = _existing_sources(out, parts, extraction, overwrite)
@@ -125,15 +132,20 @@ def extract_features(
     done = done_ok | (set() if retry_failed else done_failed)
     todo = [c for c in clips if c.clip_id not in done]
     log.info(
-        "%d clips found in %s; %d already done, %d to process", len(clips), root,
-        len(clips) - len(todo), len(todo),
+        "%d clips found in %s; %d already done, %d to process",
+        len(clips),
+        root,
+        len(clips) - len(todo),
+        len(todo),
     )
     processed = 0
     loop_started = time.perf_counter()
     if todo:
         parts.mkdir(parents=True, exist_ok=True)
         _decode_device_note(device)
-        processed = _process(todo, backbone, config, device, image_size, parts, attrs, show_progress)
+        processed = _process(
+            todo, backbone, config, device, image_size, parts, attrs, show_progress
+        )
     loop_seconds = time.perf_counter() - loop_started
     shards = sorted(parts.glob("shard-*.h5")) if parts.exists() else []
     if todo or shards or not out.exists():
@@ -419,7 +431,9 @@ class FrameBatcher:
                 self._received.pop(0)
         return done
 
-    def _finish_clip(self, clip: Clip, item: dict, parts: list[dict[str, torch.Tensor]]) -> ClipFeatures:
+    def _finish_clip(
+        self, clip: Clip, item: dict, parts: list[dict[str, torch.Tensor]]
+    ) -> ClipFeatures:
         rows = torch.as_tensor(np.asarray(item["rows"]))
         features = {
             layer: torch.cat([p[layer] for p in parts])[rows].to(torch.float16).numpy()

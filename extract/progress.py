@@ -25,7 +25,9 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def clip_progress(total: int, enabled: bool = True, label: str = "clips") -> Iterator[Callable[[int], None]]:
+def clip_progress(
+    total: int, enabled: bool = True, label: str = "clips"
+) -> Iterator[Callable[[int], None]]:
     """Context manager yielding ``advance(n)``; draws a bar with clips/s when enabled."""
     if not enabled:
         yield lambda n: None

@@ -118,7 +118,9 @@ def _write_attrs(f: h5py.File, attrs: dict) -> None:
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     for key, value in attrs.items():
-        f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+        f.attrs[key] = (
+            json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+        )
 
 
 def _fsync(path: Path) -> None:
@@ -151,7 +153,11 @@ def read_extraction(path: Path) -> dict:
 
 
 def assemble(
-    out: Path, sources: Sequence[Path], order: Sequence[str], layers: Sequence[str], attrs: dict,
+    out: Path,
+    sources: Sequence[Path],
+    order: Sequence[str],
+    layers: Sequence[str],
+    attrs: dict,
     block: int = 256,
 ) -> tuple[int, int]:
     """Merge stores/shards ``sources`` into ``out`` (atomically), clips in ``order``.
@@ -194,8 +200,12 @@ def assemble(
 
 
 def _copy_rows(
-    handles: list[h5py.File], dst: h5py.File, ids: list[str],
-    where: dict[str, tuple[int, int]], layers: Sequence[str], block: int,
+    handles: list[h5py.File],
+    dst: h5py.File,
+    ids: list[str],
+    where: dict[str, tuple[int, int]],
+    layers: Sequence[str],
+    block: int,
 ) -> None:
     n = len(ids)
     names = ["clips/id", "clips/path", "clips/frame_index", "clips/mask"]
@@ -309,6 +319,8 @@ class FeatureStore:
         """Clips that could not be used: columns ``id``, ``reason``."""
         with h5py.File(self.path, "r") as f:
             return pd.DataFrame(
-                {"id": _read_ids(f, "failed"),
-                 "reason": [r.decode("utf-8") for r in f["failed/reason"][()]]}
+                {
+                    "id": _read_ids(f, "failed"),
+                    "reason": [r.decode("utf-8") for r in f["failed/reason"][()]],
+                }
             )

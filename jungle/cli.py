@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,7 +14,7 @@ from rich.logging import RichHandler
 
 app = typer.Typer(
     name="jungle",
-    help="Species in camera-trap videos: features → level-1 models → level-2 stacker → predictions.",
+    help="Species in camera-trap videos: features, level-1 models, level-2 stacker, predictions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -56,22 +55,64 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @app.command()
 def features(
-    videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) or CSV with a 'filepath' column.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 feature store to write or extend.")],
-    config: Annotated[Optional[Path], typer.Option(help="YAML settings (see configs/features.yaml).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone: efficientnet_lite0 (default), a timm name, or pretrainedmodels:ARCH.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Local weights file for backbones other than the default.")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated module names to tap (default: the backbone's).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Frames per clip [default: 32].")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Frame side in pixels [default: the backbone's].")] = None,
-    pooling: Annotated[Optional[str], typer.Option(help="avg | max | avgmax [default: avg].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decoder processes [default: 2].")] = None,
-    batch_frames: Annotated[Optional[int], typer.Option(help="Frames per CNN batch [default: 64].")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="float32 | bfloat16: CPU CNN arithmetic [default: float32].")] = None,
-    tta: Annotated[Optional[str], typer.Option(help="none | hflip: average features of frames and their mirror images [default: none].")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Process clips that failed in an earlier run again.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
+    videos: Annotated[
+        Path, typer.Argument(help="Folder of videos (recursive) or CSV with a 'filepath' column.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="HDF5 feature store to write or extend.")
+    ],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML settings (see configs/features.yaml).")
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone: efficientnet_lite0 (default), a timm name, or pretrainedmodels:ARCH."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Local weights file for backbones other than the default.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tuned backbone from `jungle finetune` (replaces --backbone/--weights)."
+        ),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated module names to tap (default: the backbone's)."),
+    ] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip [default: 32].")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Frame side in pixels [default: the backbone's].")
+    ] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="avg | max | avgmax [default: avg].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
+    batch_frames: Annotated[
+        int | None, typer.Option(help="Frames per CNN batch [default: 64].")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="float32 | bfloat16: CPU CNN arithmetic [default: float32]."),
+    ] = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(
+            help="none | hflip: average features of frames and their mirror images [default: none]."
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Process clips that failed in an earlier run again.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a store made with other settings.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -91,6 +132,7 @@ def features(
     overrides = {
         "backbone": backbone,
         "weights": weights,
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "layers": [x.strip() for x in layers.split(",") if x.strip()] if layers else None,
         "frames": frames,
         "image_size": image_size,

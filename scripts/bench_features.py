@@ -54,7 +54,9 @@ def looped_folder(src: Path, n: int, dst: Path) -> Path:
 
 def _timed_loader(dataset: Dataset, workers: int) -> tuple[float, list]:
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers,
+        dataset,
+        batch_size=None,
+        num_workers=workers,
         worker_init_fn=_worker_init if workers else None,
     )
     start = time.perf_counter()
@@ -75,15 +77,30 @@ class ZambaStyle(Dataset):
     def __getitem__(self, i: int) -> np.ndarray:
         path = self.paths[i]
         probe = subprocess.run(
-            [self.ffmpeg, "-v", "error", "-i", str(path), "-vf", "fps=4", "-f", "rawvideo",
-             "-pix_fmt", "rgb24", "-"],
-            capture_output=True, check=True,
+            [
+                self.ffmpeg,
+                "-v",
+                "error",
+                "-i",
+                str(path),
+                "-vf",
+                "fps=4",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            capture_output=True,
+            check=True,
         )
         return np.frombuffer(probe.stdout, dtype=np.uint8).reshape(-1, 404, 720, 3)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--clips", type=int, default=30)
     parser.add_argument("--frames", type=int, default=32)
@@ -97,16 +114,20 @@ def main() -> None:
     backbone = build_backbone(config.backbone)
     size = backbone.input_size
     print(f"# jungle features benchmark, {date.today()}, {platform.node()}")
-    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{args.clips} clips of {args.data}, {args.frames} frames at {size}px, "
-          f"workers={config.workers}, precision={config.precision}")
+    print(
+        f"# {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{args.clips} clips of {args.data}, {args.frames} frames at {size}px, "
+        f"workers={config.workers}, precision={config.precision}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         videos = Path(tmp) / "videos"
         videos.mkdir()
         folder = looped_folder(args.data, args.clips, videos)
         _, clips = discover(folder)
 
-        decode_s, items = _timed_loader(_ClipDataset(clips, config.frames, size, "cpu"), config.workers)
+        decode_s, items = _timed_loader(
+            _ClipDataset(clips, config.frames, size, "cpu"), config.workers
+        )
         assert all(item["ok"] for item in items), [i.get("reason") for i in items if not i["ok"]]
         decode_rate = len(clips) / decode_s
 
@@ -132,7 +153,9 @@ def main() -> None:
         startup_s = e2e_total_s - summary.processing_seconds
         e2e_rate = len(clips) / summary.processing_seconds
 
-        zamba_s, zitems = _timed_loader(ZambaStyle([c.path for c in clips], imageio_ffmpeg.get_ffmpeg_exe()), config.workers)
+        zamba_s, zitems = _timed_loader(
+            ZambaStyle([c.path for c in clips], imageio_ffmpeg.get_ffmpeg_exe()), config.workers
+        )
         zamba_rate = len(clips) / zamba_s
         zframes = np.mean([len(z) for z in zitems])
 
@@ -140,10 +163,15 @@ def main() -> None:
     print(f"decode-only        {decode_rate:7.2f} clips/s  ({decode_s:.1f} s)")
     print(f"CNN-only           {cnn_rate:7.2f} clips/s  ({cnn_s:.1f} s)")
     print(f"bound 1/(1/d+1/c)  {bound:7.2f} clips/s")
-    print(f"end-to-end         {e2e_rate:7.2f} clips/s  ({e2e_total_s:.1f} s wall incl. "
-          f"{startup_s:.1f} s start-up and assembly; {len(clips) / e2e_total_s:.2f} clips/s with it)")
+    print(
+        f"end-to-end         {e2e_rate:7.2f} clips/s  ({e2e_total_s:.1f} s wall incl. "
+        f"{startup_s:.1f} s start-up and assembly; {len(clips) / e2e_total_s:.2f} clips/s with it)"
+    )
     print(f"end-to-end / bound {e2e_rate / bound:7.2f}   (target >= 0.95)")
-    print(f"zamba-style        {zamba_rate:7.2f} clips/s  ({zamba_s:.1f} s, {zframes:.0f} full-res frames/clip)")
+    print(
+        f"zamba-style        {zamba_rate:7.2f} clips/s  "
+        f"({zamba_s:.1f} s, {zframes:.0f} full-res frames/clip)"
+    )
     print(f"decode / zamba     {decode_rate / zamba_rate:7.2f}   (target >= 1.2)")
 
 

@@ -17,7 +17,9 @@ CODECS: dict[str, tuple[str, str, dict]] = {
     "h264_mkv": ("matroska", "libx264", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2}),
     # index at the front, like cameras that pre-write it: a cut-off copy still opens
     "h264_mp4_faststart": (
-        "mp4", "libx264", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2, "movflags": "faststart"}
+        "mp4",
+        "libx264",
+        {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2, "movflags": "faststart"},
     ),
     "mpeg4_bframes_avi": ("avi", "mpeg4", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2}),
     "wmv2_asf": ("asf", "wmv2", {"pix_fmt": "yuv420p", "gop": 12}),

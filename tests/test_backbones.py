@@ -42,7 +42,10 @@ def test_default_taps_and_pooling(lite0) -> None:  # noqa: ANN001
     frames = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8)
     avg = TapExtractor(lite0, CPU, "avg")(frames)
     assert {k: tuple(v.shape) for k, v in avg.items()} == {
-        "blocks.2": (3, 40), "blocks.4": (3, 112), "blocks.6": (3, 320), "features": (3, 1280)
+        "blocks.2": (3, 40),
+        "blocks.4": (3, 112),
+        "blocks.6": (3, 320),
+        "features": (3, 1280),
     }
     both = TapExtractor(lite0, CPU, "avgmax")(frames)
     assert both["features"].shape == (3, 2560)
@@ -69,15 +72,16 @@ def test_timm_model_from_local_weights_file(tmp_path: Path) -> None:
 
 
 def test_pretrainedmodels_architecture_from_local_weights_file(tmp_path: Path) -> None:
-    import pretrainedmodels
-
-    model = pretrainedmodels.__dict__["resnet18"](num_classes=1000, pretrained=None)
+    model = build_backbone("pretrainedmodels:resnet18", weights="random").model
     weights = tmp_path / "pm_resnet18.pth"
     torch.save({"state_dict": model.state_dict()}, weights)
     backbone = build_backbone("pretrainedmodels:resnet18", weights=weights)
     out = TapExtractor(backbone, CPU)(torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8))
     assert {k: v.shape[1] for k, v in out.items()} == {
-        "layer1": 64, "layer2": 128, "layer3": 256, "features": 512
+        "layer1": 64,
+        "layer2": 128,
+        "layer3": 256,
+        "features": 512,
     }
 
 
@@ -106,3 +110,36 @@ def test_hflip_tta_changes_features_keeps_shapes_and_is_flip_invariant(lite0) ->
     mirrored = tta(frames.flip(2))  # the same pair of views: the same features
     for k in both:
         torch.testing.assert_close(mirrored[k], both[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["efficientnet_lite0", "pretrainedmodels:resnet18", "torchvision:resnet18"]
+)
+def test_finetuned_checkpoint_round_trips(tmp_path: Path, name: str) -> None:
+    from extract.backbones import reset_head, save_checkpoint
+
+    weights = None if name == "efficientnet_lite0" else "random"
+    tuned = build_backbone(name, weights=weights)
+    reset_head(tuned, 3)
+    with torch.no_grad():  # stand-in for training: move every weight
+        for p in tuned.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    tuned.model.eval()
+    ckpt = tmp_path / "tuned.pt"
+    save_checkpoint(ckpt, tuned, ["a", "b", "c"], {"fold": 0})
+    loaded = build_backbone(checkpoint=ckpt)
+    assert loaded.taps == tuned.taps and loaded.weights == f"checkpoint:{ckpt.absolute()}"
+    assert len(loaded.weights_sha256) == 64
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    a = TapExtractor(tuned, CPU)(frames, with_logits=True)
+    b = TapExtractor(loaded, CPU)(frames, with_logits=True)
+    assert a["logits"].shape == (2, 3)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.pt"
+    torch.save({"a": 1}, bogus)
+    with pytest.raises(BackboneError, match="not a jungle fine-tuned checkpoint"):
+        build_backbone(checkpoint=bogus)

@@ -26,7 +26,14 @@ def test_directory_recursive_extensions_any_case_sorted(tmp_path: Path) -> None:
     assert root == tmp_path
     assert ids == sorted(ids)
     assert set(ids) == {
-        "b/c.MP4", "a.avi", "a/x.Asf", "d/e f/ü.mov", "k.mkv", "l.M4V", "m.wmv", "n.MTS"
+        "b/c.MP4",
+        "a.avi",
+        "a/x.Asf",
+        "d/e f/ü.mov",
+        "k.mkv",
+        "l.M4V",
+        "m.wmv",
+        "n.MTS",
     }
     assert all(c.path == tmp_path / c.clip_id for c in clips)
     assert discover(tmp_path)[1] == clips  # stable

@@ -28,14 +28,20 @@ WIDTHS = {"blocks.2": 40, "blocks.4": 112, "blocks.6": 320, "features": 1280}
 def _jungle(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jungle", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def _datasets(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     return out
 
 
@@ -58,7 +64,11 @@ def test_store_layout_dtypes_and_metadata(
     assert not parts_dir(out).exists()
     store = FeatureStore(out)
     assert store.ids == [  # sorted by code point, as discovery lists them
-        "Taï/m.avi", "Taï/éléphant.mp4", "site A/b.AVI", "site A/cam 1/clip one.mp4", "z.asf"
+        "Taï/m.avi",
+        "Taï/éléphant.mp4",
+        "site A/b.AVI",
+        "site A/cam 1/clip one.mp4",
+        "z.asf",
     ]
     with h5py.File(out, "r") as f:
         assert f.attrs["format"] == "jungle-features"
@@ -132,9 +142,20 @@ def test_kill_9_then_resume_gives_the_same_store(tmp_path: Path) -> None:
 
     out = tmp_path / "killed.h5"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jungle", "features", str(videos), "--out", str(out),
-         "--config", str(config), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "jungle",
+            "features",
+            str(videos),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     while not list(parts_dir(out).glob("shard-*.h5")) and time.monotonic() < deadline:
@@ -194,7 +215,9 @@ def test_cli_exit_codes_and_messages(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("frames: 32\nframez: 3\n")
-    invalid = _jungle("features", str(tmp_path), "--out", str(tmp_path / "f.h5"), "--config", str(bad))
+    invalid = _jungle(
+        "features", str(tmp_path), "--out", str(tmp_path / "f.h5"), "--config", str(bad)
+    )
     assert invalid.returncode == 2 and "framez" in invalid.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
