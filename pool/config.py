@@ -1,0 +1,199 @@
+"""Settings of ``jungle train-level1``, validated before any work starts.
+
+A YAML file (see ``configs/level1.yaml``) gives any subset of the settings; command-line
+options override it. Unknown keys anywhere are an error. Relative paths are resolved
+against the current directory when the config is loaded, so the copy saved in the run
+directory is unambiguous.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ModelName = Literal["attention", "gru", "pool", "histogram"]
+#: every level-1 model, in the order they are trained and reported.
+MODELS: tuple[str, ...] = ("attention", "gru", "pool", "histogram")
+#: numeric metadata fields a model may use (columns of ``FeatureStore.meta()``).
+META_CHOICES: tuple[str, ...] = (
+    "file_size",
+    "width",
+    "height",
+    "fps",
+    "frame_count",
+    "duration",
+    "bitrate",
+)
+
+
+class Level1Error(ValueError):
+    """Invalid input or settings for level-1 training; the message says what and how to fix it."""
+
+
+class FeatureSource(BaseModel):
+    """One feature store and the layers taken from it (``None``: all of its layers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    layers: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: object) -> object:
+        """A bare path (string) stands for ``{path: ..., layers: null}``."""
+        return {"path": value} if isinstance(value, str | Path) else value
+
+
+class NetConfig(BaseModel):
+    """Architecture and optimisation of one torch meta-model (attention, gru or pool)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int = Field(128, ge=4, le=4096, description="width of frame embeddings and head")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    use_meta: bool = Field(True, description="feed the metadata branch")
+    epochs: int = Field(
+        60, ge=1, le=10_000, description="maximum epochs (early stopping ends sooner)"
+    )
+    patience: int = Field(8, ge=1, description="epochs without inner-validation improvement")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+
+class HistogramConfig(BaseModel):
+    """Frame classifier plus order-free statistics plus gradient boosting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame_hidden: int = Field(
+        0, ge=0, le=4096, description="0: logistic regression, else MLP width"
+    )
+    frame_steps: int = Field(600, ge=1, description="minibatch steps of the frame classifier")
+    frame_batch_clips: int = Field(32, ge=1, description="clips per frame-classifier step")
+    frame_lr: float = Field(3e-3, gt=0.0, le=1.0)
+    frame_weight_decay: float = Field(1e-4, ge=0.0, description="AdamW decoupled weight decay")
+    frame_folds: int = Field(
+        5, ge=2, le=20, description="cross-fitting folds of the frame classifier"
+    )
+    bins: int = Field(10, ge=2, le=100, description="histogram bins of per-frame probabilities")
+    booster: Literal["lightgbm", "xgboost"] = "lightgbm"
+    n_estimators: int = Field(400, ge=1, description="maximum boosting rounds")
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+    num_leaves: int = Field(
+        15, ge=2, le=4096, description="leaves (lightgbm); depth is derived for xgboost"
+    )
+    min_child_samples: int = Field(10, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+
+
+class Level1Config(BaseModel):
+    """Everything that determines a level-1 run. Defaults are the documented defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[FeatureSource] = Field(min_length=1, description="stores, concatenated per clip")
+    labels: Path
+    run: Path = Field(description="run directory to write")
+    models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
+    folds: int = Field(5, ge=2, le=100)
+    group_column: str | None = Field(None, description="labels column whose values are groups")
+    group_by_folder: bool = Field(False, description="group clips by their parent folder")
+    skip_missing: bool = Field(False, description="skip (and report) unmatched label rows")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (torch, boosters)")
+    inner_val_fraction: float = Field(0.15, ge=0.05, le=0.5, description="early-stopping split")
+    meta_fields: list[str] = Field(
+        default_factory=lambda: ["file_size", "width", "height", "fps", "duration", "bitrate"]
+    )
+    attention: NetConfig = Field(default_factory=NetConfig)
+    gru: NetConfig = Field(default_factory=NetConfig)
+    pool: NetConfig = Field(default_factory=lambda: NetConfig(use_meta=False))
+    histogram: HistogramConfig = Field(default_factory=HistogramConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a model is listed twice")
+        return [m for m in MODELS if m in value]
+
+    @field_validator("meta_fields")
+    @classmethod
+    def _meta(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in META_CHOICES]
+        if unknown:
+            raise ValueError(f"unknown metadata fields {unknown}; choose from {list(META_CHOICES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a metadata field is listed twice")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @model_validator(mode="after")
+    def _grouping(self) -> Level1Config:
+        if self.group_column is not None and self.group_by_folder:
+            raise ValueError("give either group_column or group_by_folder, not both")
+        return self
+
+    def net(self, name: str) -> NetConfig:
+        """The settings of torch model ``name`` (attention, gru or pool)."""
+        return {"attention": self.attention, "gru": self.gru, "pool": self.pool}[name]
+
+    def resolved(self) -> Level1Config:
+        """A copy with every path made absolute (against the current directory)."""
+        return self.model_copy(
+            update={
+                "features": [
+                    s.model_copy(update={"path": s.path.expanduser().absolute()})
+                    for s in self.features
+                ],
+                "labels": self.labels.expanduser().absolute(),
+                "run": self.run.expanduser().absolute(),
+            }
+        )
+
+
+def load_config(path: Path | None, overrides: dict[str, object]) -> Level1Config:
+    """Read a YAML config (optional), apply the non-None ``overrides``, validate, resolve paths.
+
+    ``overrides`` use the config's top-level keys (``features`` may be a list of paths).
+
+    Raises:
+        Level1Error: unreadable YAML, unknown keys, missing or invalid values, with every
+        problem listed.
+    """
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise Level1Error(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise Level1Error(f"{path}: expected a mapping of settings at the top level")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Level1Config(**data).resolved()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        where = f" {path}" if path else ""
+        raise Level1Error(f"invalid level-1 config{where}: {problems}") from exc
+
+
+def config_yaml(config: Level1Config) -> str:
+    """The config as YAML text (paths as strings), loadable by :func:`load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

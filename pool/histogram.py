@@ -1,0 +1,387 @@
+"""The ``histogram`` meta-model: frame classifier → order-free statistics → gradient boosting.
+
+1. A frame classifier (logistic regression, or a one-hidden-layer MLP) gives every real
+   frame one logit per class. It learns from the clips' labels as multiple-instance
+   learning: a clip's logit is a soft maximum of its frames' logits (log-sum-exp minus
+   log of the number of frames) for a species, and a soft minimum for ``blank`` (a clip is
+   blank when all its frames are). So the frames of an animal clip in which the animal
+   is not visible are not pushed towards that species, as a per-frame loss with the clip's
+   labels would do (on the demo clips that made the model worse than ``pool``).
+2. Per clip and class, the per-frame probabilities are summarised by mean, median, min,
+   max, 10th and 90th percentile and a histogram (fraction of frames per bin on [0, 1]).
+3. One booster per class (LightGBM or XGBoost) maps the statistics to a clip probability.
+
+Honesty: the boosters must learn from frame probabilities of clips the frame classifier
+did not see. Within a fold's training part the frame classifier is cross-fitted on
+``frame_folds`` inner folds (each clip is scored by the classifier that did not train on
+it). Boosters train on the inner fit part and stop early on the inner validation part.
+Held-out and new clips are scored by each frame classifier in turn, and the boosters'
+outputs are averaged over the classifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xgboost as xgb
+from torch import nn
+
+from pool.config import HistogramConfig
+from pool.data import FeatureBlock, frame_moments
+from pool.folds import make_folds
+from pool.train_torch import seeded
+
+log = logging.getLogger(__name__)
+
+#: order-free statistics per class, before the histogram bins.
+STATISTICS: tuple[str, ...] = ("mean", "median", "min", "max", "p10", "p90")
+#: clips per forward pass when scoring frames.
+SCORE_BATCH = 256
+
+
+class FrameClassifier(nn.Module):
+    """Standardisation (buffers) then a linear layer or a one-hidden-layer MLP."""
+
+    def __init__(self, in_dim: int, n_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("x_mean", torch.zeros(in_dim))
+        self.register_buffer("x_std", torch.ones(in_dim))
+        if hidden:
+            self.body = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+            )
+        else:
+            self.body = nn.Sequential(nn.Linear(in_dim, n_classes))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` frame features → ``(..., K)`` logits."""
+        return self.body((frames - self.x_mean) / self.x_std)
+
+
+def pooled_logits(logits: torch.Tensor, mask: torch.Tensor, blank: int | None) -> torch.Tensor:
+    """Clip logits from ``(B, T, K)`` frame logits over real frames (``mask`` ``(B, T)``):
+    log-sum-exp minus log(frames) (between mean and max) per class, its mirror image (a soft
+    minimum) for class ``blank``."""
+    m = mask.unsqueeze(-1)
+    log_n = torch.log(mask.sum(dim=1, keepdim=True).to(logits.dtype))
+    soft_max = torch.logsumexp(logits.masked_fill(~m, float("-inf")), dim=1) - log_n
+    if blank is None:
+        return soft_max
+    soft_min = log_n - torch.logsumexp((-logits).masked_fill(~m, float("-inf")), dim=1)
+    is_blank = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    is_blank[blank] = True
+    return torch.where(is_blank, soft_min, soft_max)
+
+
+def fit_frame_classifier(
+    cfg: HistogramConfig,
+    block: FeatureBlock,
+    targets: np.ndarray,
+    rows: np.ndarray,
+    blank: int | None,
+    moments: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    device: torch.device,
+) -> FrameClassifier:
+    """Train a :class:`FrameClassifier` on clips ``rows`` by multiple-instance learning.
+
+    Each step takes ``cfg.frame_batch_clips`` clips; the loss is the binary cross-entropy of
+    :func:`pooled_logits` against the clip labels (``blank``: index of the blank class).
+    ``moments``: per-channel mean and std used to standardise the frames.
+    """
+    rows = np.sort(rows)
+    y_all = torch.from_numpy(targets.astype(np.float32))
+    mean, std = moments
+    rng = np.random.default_rng(seed)
+    with seeded(seed, device):
+        clf = FrameClassifier(block.x.shape[2], targets.shape[1], cfg.frame_hidden)
+        clf.x_mean.copy_(torch.from_numpy(mean))
+        clf.x_std.copy_(torch.from_numpy(std))
+        prior = y_all[rows].mean(dim=0).clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            clf.body[-1].bias.copy_(torch.log(prior) - torch.log1p(-prior))
+        clf.to(device).train()
+        optimiser = torch.optim.AdamW(
+            clf.parameters(), lr=cfg.frame_lr, weight_decay=cfg.frame_weight_decay
+        )
+        batch = min(cfg.frame_batch_clips, len(rows))
+        order = np.empty(0, dtype=np.int64)
+        for _ in range(cfg.frame_steps):
+            if len(order) < batch:  # next pass over the clips, reshuffled
+                order = np.concatenate([order, rng.permutation(rows)])
+            pick, order = np.sort(order[:batch]), order[batch:]
+            x = torch.from_numpy(block.x[pick]).to(device).float()
+            mask = torch.from_numpy(block.mask[pick]).to(device)
+            logits = pooled_logits(clf(x), mask, blank)
+            loss = F.binary_cross_entropy_with_logits(logits, y_all[pick].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    return clf.eval()
+
+
+@torch.no_grad()
+def frame_probabilities(
+    classifier: FrameClassifier, block: FeatureBlock, rows: np.ndarray
+) -> np.ndarray:
+    """``(len(rows), T, K)`` per-frame probabilities of clips ``rows``."""
+    device = next(classifier.parameters()).device
+    n_classes = classifier.body[-1].out_features
+    out = np.empty((len(rows), block.x.shape[1], n_classes), dtype=np.float32)
+    for start in range(0, len(rows), SCORE_BATCH):
+        part = rows[start : start + SCORE_BATCH]
+        x = torch.from_numpy(block.x[part]).to(device).float()
+        out[start : start + len(part)] = torch.sigmoid(classifier(x)).cpu().numpy()
+    return out
+
+
+def clip_statistics(probs: np.ndarray, mask: np.ndarray, bins: int) -> np.ndarray:
+    """Order-free statistics of per-frame probabilities over each clip's real frames.
+
+    Args:
+        probs: ``(n, T, K)`` per-frame probabilities.
+        mask: ``(n, T)`` bool, True on real frames (at least one per clip).
+        bins: histogram bins on [0, 1].
+
+    Returns:
+        ``(n, K * (6 + bins))`` float32: per class, :data:`STATISTICS` then the fraction of
+        real frames in each bin. Quantiles interpolate linearly (as ``numpy.quantile``).
+    """
+    n, t, k = probs.shape
+    lengths = mask.sum(axis=1)
+    ordered = np.sort(np.where(mask[:, :, None], probs, np.inf), axis=1)  # padding last
+
+    def quantile(q: float) -> np.ndarray:
+        pos = q * (lengths - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, lengths - 1)
+        frac = (pos - lo)[:, None]
+        low = np.take_along_axis(ordered, lo[:, None, None].repeat(k, axis=2), axis=1)[:, 0]
+        high = np.take_along_axis(ordered, hi[:, None, None].repeat(k, axis=2), axis=1)[:, 0]
+        return low + frac * (high - low)
+
+    weights = mask[:, :, None].astype(np.float32)
+    mean = (probs * weights).sum(axis=1) / lengths[:, None]
+    stats = [mean, quantile(0.5), quantile(0.0), quantile(1.0), quantile(0.1), quantile(0.9)]
+    which = np.minimum((probs * bins).astype(np.int64), bins - 1)
+    hist = [((which == b) & mask[:, :, None]).sum(axis=1) / lengths[:, None] for b in range(bins)]
+    return (
+        np.stack(stats + hist, axis=2).reshape(n, k * (len(STATISTICS) + bins)).astype(np.float32)
+    )
+
+
+def _fit_booster(
+    cfg: HistogramConfig,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    seed: int,
+    threads: int | None,
+) -> dict:
+    """One class's booster as ``{"kind", "model" (text), "rounds"}``, or a constant."""
+    prior = float(np.clip(np.concatenate([y_fit, y_val]).mean(), 1e-4, 1 - 1e-4))
+    if y_fit.min() == y_fit.max():
+        return {"kind": "constant", "value": prior}
+    if cfg.booster == "lightgbm":
+        params = {
+            "objective": "binary",
+            "learning_rate": cfg.learning_rate,
+            "num_leaves": cfg.num_leaves,
+            "min_data_in_leaf": cfg.min_child_samples,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": threads or 0,
+            "verbose": -1,
+        }
+        train = lgb.Dataset(x_fit, y_fit)
+        valid = lgb.Dataset(x_val, y_val, reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=cfg.n_estimators,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
+        )
+        rounds = booster.best_iteration or booster.current_iteration()
+        return {
+            "kind": "lightgbm",
+            "model": booster.model_to_string(num_iteration=rounds),
+            "rounds": rounds,
+        }
+    params = {
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "eta": cfg.learning_rate,
+        "max_depth": max(1, math.ceil(math.log2(cfg.num_leaves))),
+        "min_child_weight": 1.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "lambda": 1.0,
+        "seed": seed,
+        "nthread": threads or 0,
+        "verbosity": 0,
+    }
+    booster = xgb.train(
+        params,
+        xgb.DMatrix(x_fit, label=y_fit),
+        num_boost_round=cfg.n_estimators,
+        evals=[(xgb.DMatrix(x_val, label=y_val), "val")],
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    rounds = booster.best_iteration + 1
+    text = booster[:rounds].save_raw("json").decode("utf-8")
+    return {"kind": "xgboost", "model": text, "rounds": rounds}
+
+
+def _booster_predict(spec: dict, x: np.ndarray, cache: dict[int, object], key: int) -> np.ndarray:
+    if spec["kind"] == "constant":
+        return np.full(len(x), spec["value"], dtype=np.float32)
+    if key not in cache:
+        if spec["kind"] == "lightgbm":
+            cache[key] = lgb.Booster(model_str=spec["model"])
+        else:
+            booster = xgb.Booster()
+            booster.load_model(bytearray(spec["model"].encode("utf-8")))
+            cache[key] = booster
+    booster = cache[key]
+    if spec["kind"] == "lightgbm":
+        return booster.predict(x).astype(np.float32)
+    return booster.predict(xgb.DMatrix(x)).astype(np.float32)
+
+
+@dataclass
+class HistogramModel:
+    """A trained histogram model of one fold."""
+
+    config: HistogramConfig
+    classifiers: list[FrameClassifier]
+    boosters: list[dict]  #: one per class, see :func:`_fit_booster`
+    info: dict[str, float] = field(default_factory=dict)
+    _cache: dict[int, object] = field(default_factory=dict, repr=False)
+
+    def predict_statistics(self, stats: np.ndarray) -> np.ndarray:
+        """``(n, K)`` probabilities from clip statistics."""
+        cols = [_booster_predict(s, stats, self._cache, k) for k, s in enumerate(self.boosters)]
+        return np.stack(cols, axis=1)
+
+    def predict(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(len(rows), K)`` float32 probabilities for clips ``rows`` (default all).
+
+        Each frame classifier's statistics go through the boosters separately (the boosters
+        were trained on single-classifier statistics) and the probabilities are averaged.
+        """
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows)
+        out = np.zeros((len(rows), len(self.boosters)), dtype=np.float32)
+        for start in range(0, len(rows), 4096):
+            part = rows[start : start + 4096]
+            for clf in self.classifiers:
+                stats = clip_statistics(
+                    frame_probabilities(clf, block, part), block.mask[part], self.config.bins
+                )
+                out[start : start + len(part)] += self.predict_statistics(stats)
+        return out / len(self.classifiers)
+
+    def checkpoint(self) -> dict:
+        """A dict for ``torch.save`` (loadable with ``weights_only=True``)."""
+        first = self.classifiers[0]
+        return {
+            "kind": "histogram",
+            "model": "histogram",
+            "config": self.config.model_dump(),
+            "sizes": {
+                "in_dim": int(first.x_mean.numel()),
+                "n_classes": len(self.boosters),
+            },
+            "info": dict(self.info),
+            "classifiers": [
+                {k: v.detach().cpu() for k, v in clf.state_dict().items()}
+                for clf in self.classifiers
+            ],
+            "boosters": self.boosters,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: torch.device) -> HistogramModel:
+        """Rebuild a model saved by :meth:`checkpoint`."""
+        config = HistogramConfig(**ckpt["config"])
+        classifiers = []
+        for state in ckpt["classifiers"]:
+            clf = FrameClassifier(
+                ckpt["sizes"]["in_dim"], ckpt["sizes"]["n_classes"], config.frame_hidden
+            )
+            clf.load_state_dict(state)
+            classifiers.append(clf.to(device).eval())
+        return cls(config, classifiers, ckpt["boosters"], ckpt["info"])
+
+
+def fit_histogram(
+    cfg: HistogramConfig,
+    block: FeatureBlock,
+    targets: np.ndarray,
+    groups: np.ndarray | None,
+    blank: int | None,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    seed: int,
+    device: torch.device,
+    threads: int | None = None,
+) -> HistogramModel:
+    """Train the histogram model on a fold's training part (``fit_rows`` + ``val_rows``).
+
+    The frame classifier is cross-fitted over the training part; the boosters train on the
+    statistics of ``fit_rows`` and stop early on those of ``val_rows``.
+    """
+    start = time.perf_counter()
+    train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
+    part_groups = groups[train_rows] if groups is not None else None
+    n_units = len(np.unique(part_groups)) if part_groups is not None else len(train_rows)
+    k = min(cfg.frame_folds, n_units)
+    inner = make_folds(targets[train_rows], k, seed, part_groups)
+    moments = frame_moments(block.x, block.mask, train_rows)  # shared: no labels involved
+    classifiers = []
+    stats = np.empty((len(train_rows), targets.shape[1] * (len(STATISTICS) + cfg.bins)), np.float32)
+    for j in range(k):
+        clf = fit_frame_classifier(
+            cfg,
+            block,
+            targets,
+            train_rows[inner != j],
+            blank,
+            moments,
+            seed + 7919 * (j + 1),
+            device,
+        )
+        classifiers.append(clf)
+        scored = train_rows[inner == j]
+        probs = frame_probabilities(clf, block, scored)
+        stats[inner == j] = clip_statistics(probs, block.mask[scored], cfg.bins)
+    is_val = np.isin(train_rows, val_rows)
+    boosters = [
+        _fit_booster(
+            cfg,
+            stats[~is_val],
+            targets[train_rows[~is_val], c],
+            stats[is_val],
+            targets[train_rows[is_val], c],
+            seed + c,
+            threads,
+        )
+        for c in range(targets.shape[1])
+    ]
+    rounds = [b.get("rounds", 0) for b in boosters]
+    info = {"rounds_mean": float(np.mean(rounds)), "seconds": time.perf_counter() - start}
+    return HistogramModel(cfg, classifiers, boosters, info)
