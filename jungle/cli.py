@@ -138,6 +138,22 @@ def features(
         raise typer.Exit(1)
 
 
+def _register() -> None:
+    """Commands of the later stages, defined next to their code."""
+    from pool.cli import train_level1_command
+    from pool.finetune import finetune_command
+    from stack.cli import evaluate_command, predict_command, train_level2_command
+
+    app.command("train-level1")(train_level1_command)
+    app.command("train-level2")(train_level2_command)
+    app.command("predict")(predict_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("finetune")(finetune_command)
+
+
+_register()
+
+
 def main() -> None:
     """Entry point of the ``jungle`` console script."""
     app()

@@ -1,0 +1,127 @@
+"""``jungle train-level2``, ``jungle predict`` and ``jungle evaluate`` (thin commands over
+:mod:`stack.train`, :mod:`stack.predict` and :mod:`stack.evaluate`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from extract.backbones import BackboneError
+from extract.config import ConfigError
+from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
+from extract.discover import DiscoveryError
+from extract.store import StoreError
+from pool.config import Level1Error
+from pool.metrics import metrics_table
+from stack.boost import BoostParams
+from stack.evaluate import evaluate_predictions, report_tables
+from stack.predict import predict
+from stack.train import Level2Error, train_level2
+
+USER_ERRORS = (Level2Error, Level1Error, DiscoveryError, BackboneError, StoreError, ConfigError)
+
+
+def train_level2_command(
+    run: Annotated[Path, typer.Option(help="A finished `jungle train-level1` run directory.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="Threads of LightGBM and XGBoost.")] = 2,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Train the level-2 stacker (LightGBM + XGBoost over level-1 OOF predictions and file
+    metadata), cross-validated on the run's folds; print prior, level-1 and level-2 scores."""
+    err = stderr_console()
+    setup_logging(err, verbose)
+    try:
+        scores = train_level2(run, BoostParams(threads=threads), seed=seed)
+    except USER_ERRORS as exc:
+        raise fail(err, str(exc)) from None
+    shown = {k: v for k, v in scores.items() if k != "level2_raw"}
+    err.print(metrics_table(shown, title="out-of-fold scores (prior, level 1, level 2)"))
+    err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)
+
+
+def predict_command(
+    videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) or CSV of paths.")],
+    run: Annotated[Path, typer.Option(help="A run trained with train-level1 and train-level2.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV to write.")],
+    threshold: Annotated[
+        float | None, typer.Option(help="Add 0/1 CLASS_present columns at this probability.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Also list the K most probable classes.")] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
+    shard_clips: Annotated[
+        int | None, typer.Option(help="Clips per crash-safe feature shard [default: 32].")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Predict every clip of VIDEOS: one CSV row per clip (failed clips keep their row with
+    the reason). Features are cached beside the CSV: a re-run resumes.
+
+    Exit code 0 when at least one clip was predicted, 1 when every clip failed, 2 for
+    invalid input.
+    """
+    err = stderr_console()
+    setup_logging(err, verbose)
+    sigterm_as_interrupt()
+    try:
+        summary = predict(
+            videos,
+            run,
+            out,
+            threshold=threshold,
+            top_k=top_k,
+            device=device,
+            workers=workers,
+            shard_clips=shard_clips,
+            show_progress=progress,
+        )
+    except USER_ERRORS as exc:
+        raise fail(err, str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] run the same command again to resume.")
+        raise typer.Exit(130) from None
+    err.print(
+        f"[bold green]done[/] in {summary.seconds:.1f} s: {summary.clips} clips, "
+        f"{summary.ok} ok, {summary.partial} partial, {summary.failed} failed → {summary.out}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if summary.ok + summary.partial == 0:
+        raise typer.Exit(1)
+
+
+def evaluate_command(
+    predictions: Annotated[Path, typer.Option(help="Predictions CSV (from `jungle predict`).")],
+    labels: Annotated[Path, typer.Option(help="Labels CSV (any layout train-level1 accepts).")],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the scores as JSON here.")
+    ] = None,
+) -> None:
+    """Score predictions against labels: mean binary log loss, top-1 accuracy, blank-vs-animal
+    accuracy, macro F1 and per-class precision/recall."""
+    err = stderr_console()
+    try:
+        result = evaluate_predictions(predictions, labels)
+    except (*USER_ERRORS, FileNotFoundError) as exc:
+        raise fail(err, str(exc)) from None
+    out = Console()
+    for table in report_tables(result):
+        out.print(table)
+    notes = []
+    for key, what in (
+        ("failed", "failed clips"),
+        ("unlabelled", "predictions without a label"),
+        ("missing", "labelled clips without a prediction"),
+    ):
+        if result[key]:
+            notes.append(f"{result[key]} {what} not scored")
+    if notes:
+        err.print("; ".join(notes), soft_wrap=True)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

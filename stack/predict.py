@@ -1,0 +1,170 @@
+"""``jungle predict``: videos in, one CSV row per clip out (stage 1 → level 1 → level 2).
+
+Stage 1 runs with the run's own extraction settings (backbone, weights or fine-tuned
+checkpoint, layers, frames, image size, pooling, precision, TTA: read from the run, never
+re-typed). The features are cached in ``OUT.features/`` beside the CSV, so a re-run, or a
+run killed midway, resumes and skips finished clips; the CSV is written at the end through
+a temporary file and a rename.
+
+Output columns, one row per input clip in input order: ``filepath`` (the clip id: path
+relative to the folder or CSV given), one probability column per class (training order),
+``top_label``, ``top_prob``, ``status`` (``ok``, ``partial`` or ``failed``), ``error``.
+Failed clips keep their row with empty probabilities and the reason. ``--top-k K`` adds
+``top2_label, top2_prob, ...`` up to K; ``--threshold T`` adds ``CLASS_present`` 0/1 columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from extract.discover import discover
+from extract.pipeline import config_from_extraction, extract_features, same_extraction
+from extract.store import FeatureStore, read_extraction
+from pool.run import predict_level1
+from stack.train import Level2Error, load_level2, predict_level2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict` did."""
+
+    out: Path
+    clips: int
+    ok: int
+    partial: int
+    failed: int
+    seconds: float
+
+
+def features_dir(out: Path) -> Path:
+    """Where :func:`predict` caches the features of ``out``'s clips."""
+    return out.with_name(out.stem + ".features")
+
+
+def predict(
+    videos: Path | str,
+    run: Path | str,
+    out: Path | str,
+    *,
+    threshold: float | None = None,
+    top_k: int = 1,
+    device: str = "auto",
+    workers: int | None = None,
+    shard_clips: int | None = None,
+    show_progress: bool = True,
+) -> PredictSummary:
+    """Predict every clip of ``videos`` with the trained run ``run``; write ``out`` (CSV).
+
+    Raises:
+        Level2Error, DiscoveryError, BackboneError, StoreError, Level1Error: for the user.
+    """
+    started = time.perf_counter()
+    run, out = Path(run), Path(out).absolute()
+    info, _ = load_level2(run)  # fail before any work when the run is not trained
+    classes = info["classes"]
+    if threshold is not None and not 0 < threshold < 1:
+        raise Level2Error("--threshold must be between 0 and 1")
+    if not 1 <= top_k <= len(classes):
+        raise Level2Error(f"--top-k must be between 1 and {len(classes)}")
+    _, clips = discover(videos)
+    inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
+    cache = features_dir(out)
+    cache.mkdir(parents=True, exist_ok=True)
+    stores = []
+    for i, trained in enumerate(inputs["stores"]):
+        overrides: dict[str, object] = {"device": device}
+        if workers is not None:
+            overrides["workers"] = workers
+        if shard_clips is not None:
+            overrides["shard_clips"] = shard_clips
+        config = config_from_extraction(trained["extraction"], **overrides)
+        store_path = cache / f"store{i}.h5"
+        log.info("stage 1 (%s): %d clips", trained["extraction"]["backbone"], len(clips))
+        extract_features(videos, store_path, config, show_progress=show_progress)
+        if not same_extraction(read_extraction(store_path), trained["extraction"]):
+            raise Level2Error(
+                f"features of {store_path} differ from the run's training features (was a "
+                "weights file or checkpoint replaced since training?)"
+            )
+        stores.append(store_path)
+    first = FeatureStore(stores[0])
+    failed = _failures(stores)
+    ok_ids = [c for c in first.ids if c not in failed]
+    probs = pd.DataFrame(columns=classes, dtype=np.float64)
+    if ok_ids:
+        level1 = predict_level1(run, stores, models=info["level1_models"], device=device)
+        level1 = {m: df.loc[ok_ids] for m, df in level1.items()}
+        probs = predict_level2(run, level1, first.meta().loc[ok_ids])
+    partial = first.meta()["partial"]
+    table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
+    tmp = out.with_name(out.name + ".tmp")
+    table.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, out)
+    status = table["status"].value_counts()
+    return PredictSummary(
+        out=out,
+        clips=len(table),
+        ok=int(status.get("ok", 0)),
+        partial=int(status.get("partial", 0)),
+        failed=int(status.get("failed", 0)),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _failures(stores: list[Path]) -> dict[str, str]:
+    """Clip id → reason, over every store (a clip failed in any store cannot be predicted)."""
+    failed: dict[str, str] = {}
+    for path in stores:
+        table = FeatureStore(path).failed()
+        for cid, reason in zip(table["id"], table["reason"], strict=True):
+            failed.setdefault(cid, reason)
+    return failed
+
+
+def _rows(
+    ids: list[str],
+    classes: list[str],
+    probs: pd.DataFrame,
+    partial: pd.Series,
+    failed: dict[str, str],
+    threshold: float | None,
+    top_k: int,
+) -> pd.DataFrame:
+    table = pd.DataFrame({"filepath": ids})
+    values = probs.reindex(ids)[classes].to_numpy(dtype=np.float64)
+    for k, name in enumerate(classes):
+        table[name] = values[:, k]
+    have = ~np.isnan(values).any(axis=1)
+    order = np.argsort(-np.nan_to_num(values, nan=-1.0), axis=1, kind="stable")
+    for rank in range(top_k):
+        suffix = "" if rank == 0 else str(rank + 1)
+        label_col = f"top{suffix}_label" if rank else "top_label"
+        prob_col = f"top{suffix}_prob" if rank else "top_prob"
+        picked = order[:, rank]
+        table[label_col] = np.where(have, np.asarray(classes, dtype=object)[picked], "")
+        table[prob_col] = np.where(have, values[np.arange(len(ids)), picked], np.nan)
+    if threshold is not None:
+        for k, name in enumerate(classes):
+            present = (values[:, k] >= threshold).astype(float)
+            table[f"{name}_present"] = np.where(have, present, np.nan)
+    is_partial = partial.reindex(ids).fillna(False).to_numpy(dtype=bool)
+    table["status"] = np.where(have, np.where(is_partial, "partial", "ok"), "failed")
+    table["error"] = [
+        "" if h else failed.get(cid, "no features were produced for this clip")
+        for cid, h in zip(ids, have, strict=True)
+    ]
+    top = ["top_label", "top_prob"] + [
+        c for r in range(2, top_k + 1) for c in (f"top{r}_label", f"top{r}_prob")
+    ]
+    present_cols = [f"{c}_present" for c in classes] if threshold is not None else []
+    return table[["filepath", *classes, *top, *present_cols, "status", "error"]]

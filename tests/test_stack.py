@@ -1,0 +1,239 @@
+"""Level 2 (stacker) and `jungle predict` / `jungle evaluate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from extract.config import FeaturesConfig
+from extract.pipeline import extract_features
+from pool.config import load_config
+from pool.run import read_oof, train_level1
+from pool.synthetic import SyntheticSpec, write_synthetic_store
+from scripts.make_demo_data import generate_demo
+from stack.boost import ClassModel
+from stack.evaluate import evaluate_predictions
+from stack.predict import features_dir, predict
+from stack.train import Level2Error, class_file, load_level2, predict_level2, run_meta, train_level2
+from tests.media import indexed_clip
+
+FAST = {
+    "pool": {"epochs": 20, "patience": 5, "use_meta": False},
+    "histogram": {"frame_steps": 200, "n_estimators": 150},
+    "attention": {"epochs": 20, "patience": 5},
+    "gru": {"epochs": 20, "patience": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def size_signal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weak frame features, but empty clips are smaller files: level 2 can use that."""
+    base = tmp_path_factory.mktemp("level2")
+    store = base / "features.h5"
+    spec = SyntheticSpec(clips=360, frames=12, amplitude=2.0, blank_fraction=0.4, seed=5)
+    labels = write_synthetic_store(store, spec)
+    rng = np.random.default_rng(0)
+    with h5py.File(store, "r+") as f:
+        ids = [s.decode() for s in f["clips/id"][()]]
+        blank = labels.set_index("filepath").loc[ids, "label"].eq("blank").to_numpy()
+        size = np.where(blank, 150_000, 400_000) * rng.lognormal(0, 0.15, len(ids))
+        f["meta/file_size"][...] = size.astype(np.int64)
+    (base / "videos").mkdir()
+    labels_csv = base / "videos" / "labels.csv"
+    labels.to_csv(labels_csv, index=False)
+    config = load_config(
+        None,
+        {
+            "features": [str(store)],
+            "labels": str(labels_csv),
+            "run": str(base / "run"),
+            "models": ["pool", "histogram"],
+            "folds": 3,
+            "threads": 1,
+            "device": "cpu",
+            **FAST,
+        },
+    )
+    run = train_level1(config)
+    train_level2(run, seed=0)
+    return run
+
+
+def test_level2_beats_every_level1_model_when_file_size_carries_signal(
+    size_signal_run: Path,
+) -> None:
+    scores = json.loads((size_signal_run / "metrics.json").read_text())["scores"]
+    level1 = {m: scores[m]["log_loss"] for m in ("pool", "histogram")}
+    assert scores["level2"]["log_loss"] < min(level1.values()), (scores["level2"], level1)
+    assert scores["level2"]["blank_accuracy"] > max(scores[m]["blank_accuracy"] for m in level1)
+    oof = pd.read_csv(size_signal_run / "level2" / "oof.csv").set_index("id")
+    assert set(oof.index) == set(read_oof(size_signal_run, "pool").index)  # every clip once
+    assert ((oof.to_numpy() >= 0) & (oof.to_numpy() <= 1)).all()
+
+
+def test_prediction_averages_the_fold_models_and_clips(size_signal_run: Path) -> None:
+    info, folds = load_level2(size_signal_run)
+    level1 = {m: read_oof(size_signal_run, m).iloc[:25] for m in info["level1_models"]}
+    meta = run_meta(size_signal_run)
+    got = predict_level2(size_signal_run, level1, meta)
+    assert list(got.columns) == info["classes"] and list(got.index) == list(level1["pool"].index)
+    from stack.inputs import level2_matrix
+
+    per_fold = []
+    for fold, (stats, _) in folds.items():
+        x = level2_matrix(level1, meta, stats, list(got.index)).to_numpy()
+        fold_dir = size_signal_run / "level2" / f"fold_{fold}"
+        models = [ClassModel.load(fold_dir, class_file(k)) for k in range(len(info["classes"]))]
+        per_fold.append(np.stack([m.predict(x) for m in models], axis=1))
+    bounds = np.array([info["clipping"][c] for c in info["classes"]])
+    expected = np.clip(np.mean(per_fold, axis=0), bounds, 1 - bounds)
+    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-6)
+    assert len(folds) == 3 and not np.allclose(per_fold[0], per_fold[1])
+
+
+def test_train_level2_needs_a_finished_level1_run(tmp_path: Path) -> None:
+    with pytest.raises(Level2Error, match="not a finished level-1 run"):
+        train_level2(tmp_path)
+
+
+# --- predict on real (generated) video files -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small run trained on features of generated demo clips: (run, data folder)."""
+    base = tmp_path_factory.mktemp("demo")
+    data = base / "data"
+    labels_csv = generate_demo(data, n_clips=48, sites=("siteA", "siteB", "siteC"), seed=1)
+    store = base / "train.h5"
+    extract_features(
+        labels_csv, store, FeaturesConfig(frames=8, image_size=64, workers=1), show_progress=False
+    )
+    config = load_config(
+        None,
+        {
+            "features": [str(store)],
+            "labels": str(labels_csv),
+            "run": str(base / "run"),
+            "models": ["pool", "histogram"],
+            "folds": 3,
+            "group_column": "site",
+            "threads": 1,
+            "device": "cpu",
+            **FAST,
+        },
+    )
+    run = train_level1(config)
+    train_level2(run)
+    return run, data
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(demo_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, data = demo_run
+    folder = tmp_path_factory.mktemp("mixed")
+    for clip in sorted((data / "siteA").glob("*.mp4"))[:4]:
+        os.symlink(clip, folder / clip.name)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("field notes, not a video\n" * 20)
+    indexed_clip(folder / "short.mp4", 3)
+    return folder
+
+
+def test_predict_one_row_per_clip_with_status(
+    demo_run: tuple[Path, Path], mixed_folder: Path, tmp_path: Path
+) -> None:
+    run, _ = demo_run
+    classes = json.loads((run / "classes.json").read_text())
+    out = tmp_path / "pred.csv"
+    summary = predict(mixed_folder, run, out, top_k=2, threshold=0.5, show_progress=False)
+    table = pd.read_csv(out, keep_default_na=False, na_values=[""])
+    assert list(table.columns) == (
+        ["filepath", *classes, "top_label", "top_prob", "top2_label", "top2_prob"]
+        + [f"{c}_present" for c in classes]
+        + ["status", "error"]
+    )
+    assert table["filepath"].tolist() == sorted(p.name for p in mixed_folder.iterdir())
+    status = table.set_index("filepath")["status"]
+    assert status["empty.mp4"] == "failed" and status["notes.mp4"] == "failed"
+    assert status["short.mp4"] == "ok"
+    assert (status == "ok").sum() == 5 and summary.failed == 2
+    errors = table.set_index("filepath")["error"]
+    assert errors["empty.mp4"] == "empty file (0 bytes)"
+    assert "not a readable video file" in errors["notes.mp4"]
+    ok = table[table["status"] == "ok"]
+    probs = ok[classes].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert (ok["top_label"] == ok[classes].idxmax(axis=1)).all()
+    assert table.loc[table["status"] == "failed", classes].isna().all().all()
+    assert features_dir(out).is_dir()
+
+
+def test_predict_killed_and_rerun_gives_the_same_csv(
+    demo_run: tuple[Path, Path], mixed_folder: Path, tmp_path: Path
+) -> None:
+    run, _ = demo_run
+    reference = tmp_path / "reference.csv"
+    predict(mixed_folder, run, reference, show_progress=False)
+    out = tmp_path / "killed.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jungle",
+        "predict",
+        str(mixed_folder),
+        "--run",
+        str(run),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--shard-clips",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = features_dir(out) / "store0.h5.parts"
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("shard-*.h5")) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(reference))
+
+
+def test_evaluate_scores_predictions_against_labels(
+    demo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, data = demo_run
+    out = data / "pred_all.csv"
+    predict(data / "labels.csv", run, out, show_progress=False)
+    result = evaluate_predictions(out, data / "labels.csv")
+    assert result["clips"] == 48 and result["failed"] == 0 and result["missing"] == 0
+    s = result["scores"]
+    assert 0 < s["log_loss"] < 0.7 and 0 <= s["top1_accuracy"] <= 1
+    assert set(s["precision"]) == set(json.loads((run / "classes.json").read_text()))
+    # a perfect predictions file scores a near-zero log loss
+    labels = pd.read_csv(data / "labels.csv")
+    classes = json.loads((run / "classes.json").read_text())
+    perfect = pd.DataFrame({"filepath": labels["filepath"]})
+    for c in classes:
+        perfect[c] = [1.0 if c in str(lab).split(";") else 0.0 for lab in labels["label"]]
+    perfect.to_csv(tmp_path / "perfect.csv", index=False)
+    best = evaluate_predictions(tmp_path / "perfect.csv", data / "labels.csv")["scores"]
+    assert best["log_loss"] < 1e-5 and best["top1_accuracy"] == 1.0
