@@ -7,15 +7,22 @@ JUNGLE := $(BIN)/jungle
 # inputs of the pipeline targets (override on the command line: make features VIDEOS=...)
 VIDEOS ?= ../shared/data/chimpandsee
 FEATURES ?= features.h5
+LABELS ?= labels.csv
+RUN ?= runs/level1
+OUT ?= predictions.csv
 
-.PHONY: help install test lint features bench
+.PHONY: help install test lint features train-level1 train-level2 predict demo bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
 	@echo "make test      run the test suite"
 	@echo "make lint      ruff check"
 	@echo "make features  VIDEOS=folder-or-csv FEATURES=out.h5: extract CNN features"
-	@echo "make bench     throughput benchmark of feature extraction (prints measured numbers)"
+	@echo "make train-level1 FEATURES=f.h5 LABELS=labels.csv RUN=runs/NAME: level-1 models"
+	@echo "make train-level2 RUN=runs/NAME: level-2 stacker"
+	@echo "make predict VIDEOS=folder RUN=runs/NAME OUT=predictions.csv: batch prediction"
+	@echo "make demo      the whole job on generated clips (prints the metrics)"
+	@echo "make bench     benchmarks (prints measured numbers)"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +38,18 @@ lint:
 features:
 	$(JUNGLE) features $(VIDEOS) --out $(FEATURES)
 
+train-level1:
+	$(JUNGLE) train-level1 --features $(FEATURES) --labels $(LABELS) --run $(RUN)
+
+train-level2:
+	$(JUNGLE) train-level2 --run $(RUN)
+
+predict:
+	$(JUNGLE) predict $(VIDEOS) --run $(RUN) --out $(OUT)
+
+demo:
+	$(BIN)/python scripts/demo.py --out demo
+
 bench:
 	$(BIN)/python scripts/bench_features.py
+	$(BIN)/python scripts/bench_level1.py
