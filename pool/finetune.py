@@ -9,10 +9,12 @@ is logged before decoding). Each frame carries its clip's labels, ``blank`` incl
 the network learns them with a multi-label binary cross-entropy. An epoch visits every
 decoded training frame once in random order or, with ``balanced``, draws as many frames
 from clips picked by a class-balanced :class:`~torch.utils.data.WeightedRandomSampler`
-(a clip weighs ``1 / count`` of its rarest class). Training runs in two phases with AdamW
-and a cosine learning-rate decay per phase:
+(a clip weighs ``1 / count`` of its rarest class). Training runs in two phases with AdamW,
+each with a linear learning-rate warm-up (``warmup_fraction`` of its steps) and a cosine
+decay:
 
 1. ``epochs_head`` epochs of the new classifier head only (the trunk frozen), ``lr_head``;
+   the head starts at the class prior (zero weights, bias ``logit(frequency)``);
 2. ``epochs_full`` epochs of the whole network (or of the parameters from module
    ``unfreeze_from`` on, e.g. ``blocks.4``) and the head, at the lower ``lr_full``.
 
@@ -25,7 +27,7 @@ normalisation, taps, and the training facts) for ``jungle features --checkpoint`
 
 Outputs (``RUN`` is ``--run``)::
 
-    RUN/folds.csv                      made here if absent (pool.folds), reused by level 1
+    RUN/folds.csv                      with --fold: made here if absent, reused by level 1
     RUN/finetune/<backbone>_fold<K>.pt    the checkpoint of fold K (``_all.pt``: all clips)
     RUN/finetune/<backbone>_fold<K>.json  summary: per-epoch losses, held-out metrics...
 
@@ -46,8 +48,8 @@ would be biased. Hence the protocol:
 * Cost: k fine-tunings and k feature extractions instead of one of each.
 * The cheap alternative, ``--fold`` omitted, fine-tunes on every labelled clip: its
   features leak labels into any out-of-fold prediction of those clips, so it must not be
-  used for model selection or stacking. It is the backbone to use for features of new,
-  unlabelled clips at prediction time (or average the k fold backbones' predictions).
+  used for model selection or stacking (a warning says so). It suits a final model refit
+  on all clips, for new clips only.
 
 Folds come from ``--folds-csv``, else ``RUN/folds.csv`` when it exists, else they are made
 here with :func:`pool.folds.make_folds` (``folds``, ``seed``, ``group_column`` /
@@ -82,8 +84,6 @@ import torch.nn.functional as F
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from rich.console import Console
-from rich.logging import RichHandler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
@@ -95,6 +95,7 @@ from extract.backbones import (
     reset_head,
     save_checkpoint,
 )
+from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 from extract.decode import decode_clip
 from extract.discover import Clip, DiscoveryError, discover
 from extract.probe import DecodeError, probe
@@ -415,7 +416,8 @@ def decode_frames(
 ) -> FrameBank:
     """Decode ``frames_per_clip`` frames of each clip ``rows`` at ``size`` x ``size``.
 
-    A clip that cannot be decoded is reported in :attr:`FrameBank.failed` and left out.
+    The frames go straight into one preallocated uint8 tensor (no second copy). A clip that
+    cannot be decoded is reported in :attr:`FrameBank.failed` and left out.
     """
     wanted = [clips[r] for r in rows]
     loader = DataLoader(
@@ -424,22 +426,25 @@ def decode_frames(
         num_workers=workers,
         worker_init_fn=_worker_init if workers else None,
     )
-    parts: list[np.ndarray] = []
+    bank = torch.empty(len(wanted) * frames_per_clip, size, size, 3, dtype=torch.uint8)
+    counts: list[int] = []
     kept: list[int] = []
     failed: list[dict] = []
+    filled = 0
     with clip_progress(len(wanted), enabled=show_progress, label="decoding") as advance:
         for i, frames, reason in loader:
             if frames is None:
                 log.warning("%s: %s (left out)", wanted[i].path, reason)
                 failed.append({"id": wanted[i].clip_id, "reason": reason})
             else:
-                parts.append(frames)
+                frames = torch.as_tensor(frames)  # distinct frames: a short clip has fewer
+                bank[filled : filled + len(frames)] = frames
+                filled += len(frames)
+                counts.append(len(frames))
                 kept.append(i)
             advance(1)
-    counts = [len(p) for p in parts]
-    bank = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, size, size, 3)
-    clip_of = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(counts, dtype=int))
-    return FrameBank(bank.to(torch.uint8), clip_of, np.asarray(rows)[kept], failed)
+    clip_of = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=int))
+    return FrameBank(bank[:filled], clip_of, np.asarray(rows)[kept], failed)
 
 
 # ----------------------------------------------------------------------------- model
@@ -852,17 +857,6 @@ def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: boo
 # ----------------------------------------------------------------------------- command
 
 
-def _setup_logging(console: Console, verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
-    for noisy in ("PIL", "timm", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def finetune_command(
     videos: Annotated[
         Path | None,
@@ -876,20 +870,20 @@ def finetune_command(
         Path | None, typer.Option(help="Run directory (folds.csv, finetune/ are written there).")
     ] = None,
     backbone: Annotated[
-        str | None, typer.Option(help="Backbone registry name [default: efficientnet_lite0].")
+        str | None, typer.Option(help="Backbone registry name (default: efficientnet_lite0).")
     ] = None,
     weights: Annotated[
         str | None, typer.Option(help="Local weights file for backbones other than the default.")
     ] = None,
     fold: Annotated[
         int | None,
-        typer.Option(help="Train on fold K's training part only [default: all clips, see docs]."),
+        typer.Option(help="Train on fold K's training part only (default: all clips, see docs)."),
     ] = None,
     folds_csv: Annotated[
-        Path | None, typer.Option(help="folds.csv to use [default: RUN/folds.csv, else made].")
+        Path | None, typer.Option(help="folds.csv to use (default: RUN/folds.csv, else made).")
     ] = None,
     folds: Annotated[
-        int | None, typer.Option(help="k when folds.csv is made here [default: 5].")
+        int | None, typer.Option(help="k when folds.csv is made here (default: 5).")
     ] = None,
     group_column: Annotated[
         str | None, typer.Option(help="Labels column of groups (e.g. site), for new folds.")
@@ -898,55 +892,55 @@ def finetune_command(
         bool | None,
         typer.Option(
             "--group-by-folder/--no-group-by-folder",
-            help="Group clips by parent folder, for new folds [default: no].",
+            help="Group clips by parent folder, for new folds (default: no).",
         ),
     ] = None,
     skip_missing: Annotated[
         bool | None,
         typer.Option(
             "--skip-missing/--no-skip-missing",
-            help="Skip label rows that match no video [default: error].",
+            help="Skip label rows that match no video (default: error).",
         ),
     ] = None,
     frames_per_clip: Annotated[
-        int | None, typer.Option(help="Frames decoded per clip [default: 8].")
+        int | None, typer.Option(help="Frames decoded per clip (default: 8).")
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Frame side in pixels [default: the backbone's].")
+        int | None, typer.Option(help="Frame side in pixels (default: the backbone's).")
     ] = None,
     epochs_head: Annotated[
-        int | None, typer.Option(help="Epochs of the head alone [default: 2].")
+        int | None, typer.Option(help="Epochs of the head alone (default: 2).")
     ] = None,
     epochs_full: Annotated[
-        int | None, typer.Option(help="Epochs of the whole network [default: 6].")
+        int | None, typer.Option(help="Epochs of the whole network (default: 6).")
     ] = None,
     lr_head: Annotated[
-        float | None, typer.Option(help="Head learning rate [default: 1e-3].")
+        float | None, typer.Option(help="Head learning rate (default: 1e-3).")
     ] = None,
     lr_full: Annotated[
-        float | None, typer.Option(help="Network learning rate [default: 1e-4].")
+        float | None, typer.Option(help="Network learning rate (default: 1e-4).")
     ] = None,
     unfreeze_from: Annotated[
         str | None,
-        typer.Option(help="Train only from this module on, e.g. blocks.4 [default: all]."),
+        typer.Option(help="Train only from this module on, e.g. blocks.4 (default: all)."),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Frames per step [default: 32].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Frames per step (default: 32).")] = None,
     balanced: Annotated[
         bool | None,
-        typer.Option("--balanced/--no-balanced", help="Class-balanced sampling [default: no]."),
+        typer.Option("--balanced/--no-balanced", help="Class-balanced sampling (default: no)."),
     ] = None,
     augment: Annotated[
         bool | None,
         typer.Option(
-            "--augment/--no-augment", help="Flip, crop, brightness/contrast [default: yes]."
+            "--augment/--no-augment", help="Flip, crop, brightness/contrast (default: yes)."
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: 0).")] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: auto).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads [default: torch's].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoder processes (default: 2).")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (see configs/finetune.yaml).")
     ] = None,
@@ -962,8 +956,8 @@ def finetune_command(
     (--fold K) and extract one feature store per fold. Exit code 0 on success, 2 for
     invalid input or settings.
     """
-    err = Console(stderr=True)
-    _setup_logging(err, verbose)
+    err = stderr_console()
+    setup_logging(err, verbose)
     overrides = {
         "videos": str(videos) if videos is not None else None,
         "labels": str(labels) if labels is not None else None,
@@ -991,12 +985,15 @@ def finetune_command(
         "threads": threads,
         "workers": workers,
     }
+    sigterm_as_interrupt()
     try:
         cfg = load_config(config, overrides)
         out = finetune(cfg, overwrite=overwrite, show_progress=progress)
     except (FinetuneError, Level1Error, BackboneError, DiscoveryError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise fail(err, str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was saved.", soft_wrap=True)
+        raise typer.Exit(130) from None
     summary = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     held = summary["held_out"]
     scores = f", held-out clip log loss {held['clip_log_loss']:.4f}" if held is not None else ""

@@ -30,6 +30,7 @@ from pool.finetune import (
     epoch_order,
     finetune,
     finetune_command,
+    fold_split,
     held_out_scores,
     match_clips,
 )
@@ -225,8 +226,11 @@ def test_partial_unfreezing_keeps_earlier_layers_and_batch_norm_statistics(tuned
 def test_whole_network_balanced_all_clips_deterministic(demo: Demo, tmp_path: Path) -> None:
     """The same settings twice, through the library and through the command (YAML plus
     options): the same network, every layer trained."""
+    labels = tmp_path / "first32.csv"
+    pd.read_csv(demo.train).iloc[:32].to_csv(labels, index=False)
     settings = {
         **TRAIN,
+        "labels": str(labels),
         "fold": None,
         "frames_per_clip": 1,
         "image_size": 64,
@@ -240,8 +244,8 @@ def test_whole_network_balanced_all_clips_deterministic(demo: Demo, tmp_path: Pa
     yaml_file.write_text(json.dumps({k: v for k, v in settings.items() if k != "epochs_full"}))
     result = CliRunner().invoke(
         cli(),
-        ["finetune", "--config", str(yaml_file), "--videos", str(demo.root), "--labels",
-         str(demo.train), "--run", str(tmp_path / "b"), "--epochs-full", "1", "--no-progress"],
+        ["finetune", "--config", str(yaml_file), "--videos", str(demo.root), "--run",
+         str(tmp_path / "b"), "--epochs-full", "1", "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     second = tmp_path / "b" / "finetune" / "efficientnet_lite0_all.pt"
@@ -253,12 +257,30 @@ def test_whole_network_balanced_all_clips_deterministic(demo: Demo, tmp_path: Pa
         torch.testing.assert_close(value, b["state_dict"][key], rtol=0, atol=0)
     losses = [[h["train_loss"] for h in summary(p)["history"]] for p in (first, second)]
     assert losses[0] == losses[1]
-    assert a["info"]["held_out"] is None and a["info"]["train_clips"] == LABELLED
+    assert a["info"]["held_out"] is None and a["info"]["train_clips"] == 32
     assert a["input_size"] == 64
     assert not (tmp_path / "a" / "folds.csv").exists()  # no fold, no folds
     imagenet = build_backbone().model.state_dict()
     weights = [k for k in imagenet if k.endswith("weight") and not k.startswith("classifier")]
     assert all(not torch.equal(a["state_dict"][k], imagenet[k]) for k in weights)
+
+
+def test_folds_are_made_grouped_written_and_reused(demo: Demo, tmp_path: Path) -> None:
+    cfg = config(demo, tmp_path / "run", group_column="site")
+    data = match_clips(cfg)
+    train, held = fold_split(cfg, data)
+    written = pd.read_csv(tmp_path / "run" / "folds.csv")
+    assert list(written.columns) == ["id", "fold", "group"]
+    assert written["id"].tolist() == [c.clip_id for c in data.clips]  # video-source order
+    assert written.groupby("group")["fold"].nunique().max() == 1  # a site stays in one fold
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(LABELLED))
+    assert set(written["fold"].iloc[held]) == {FOLD} and FOLD not in set(written["fold"][train])
+    # a folds.csv without some clips: those are used neither for training nor evaluation
+    partial = tmp_path / "partial.csv"
+    written.iloc[10:].to_csv(partial, index=False)
+    train2, held2 = fold_split(config(demo, tmp_path / "other", folds_csv=partial), data)
+    assert set(train2) | set(held2) == set(range(10, LABELLED))
+    assert not (tmp_path / "other").exists()  # reused, not written again
 
 
 def test_bad_inputs_give_clear_errors(demo: Demo, tuned: Path, tmp_path: Path) -> None:
