@@ -309,7 +309,11 @@ class _ClipDataset(Dataset):
 
 
 def _worker_init(_: int) -> None:
+    """Decoder processes: one thread each, and a lower CPU priority, so that they fill the
+    gaps of the CNN's OpenMP threads instead of preempting them (measured on 2 cores: with
+    equal priority end-to-end throughput fell to 0.73 of 1/(1/decode + 1/CNN))."""
     torch.set_num_threads(1)
+    os.nice(10)
 
 
 def _decoded(

@@ -55,26 +55,26 @@ def features(
         str | None,
         typer.Option(help="Comma-separated module names to tap (default: the backbone's)."),
     ] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per clip [default: 32].")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip \\[default: 32].")] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Frame side in pixels [default: the backbone's].")
+        int | None, typer.Option(help="Frame side in pixels \\[default: the backbone's].")
     ] = None,
-    pooling: Annotated[str | None, typer.Option(help="avg | max | avgmax [default: avg].")] = None,
+    pooling: Annotated[str | None, typer.Option(help="avg | max | avgmax \\[default: avg].")] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoder processes \\[default: 2].")] = None,
     batch_frames: Annotated[
-        int | None, typer.Option(help="Frames per CNN batch [default: 64].")
+        int | None, typer.Option(help="Frames per CNN batch \\[default: 64].")
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="float32 | bfloat16: CPU CNN arithmetic [default: float32]."),
+        typer.Option(help="float32 | bfloat16: CPU CNN arithmetic \\[default: float32]."),
     ] = None,
     tta: Annotated[
         str | None,
         typer.Option(
-            help="none | hflip: average features of frames and their mirror images [default: none]."
+            help="none | hflip: average features of frames and their mirror images \\[default: none]."
         ),
     ] = None,
     retry_failed: Annotated[

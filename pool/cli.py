@@ -39,9 +39,9 @@ def train_level1_command(
     run: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     models: Annotated[
         str | None,
-        typer.Option(help="Comma-separated: attention,gru,pool,histogram [default: all]."),
+        typer.Option(help="Comma-separated: attention,gru,pool,histogram \\[default: all]."),
     ] = None,
-    folds: Annotated[int | None, typer.Option(help="Number of folds [default: 5].")] = None,
+    folds: Annotated[int | None, typer.Option(help="Number of folds \\[default: 5].")] = None,
     group_column: Annotated[
         str | None, typer.Option(help="Labels column of groups (e.g. site) kept within a fold.")
     ] = None,
@@ -49,21 +49,21 @@ def train_level1_command(
         bool | None,
         typer.Option(
             "--group-by-folder/--no-group-by-folder",
-            help="Group clips by parent folder [default: no].",
+            help="Group clips by parent folder \\[default: no].",
         ),
     ] = None,
     skip_missing: Annotated[
         bool | None,
         typer.Option(
             "--skip-missing/--no-skip-missing",
-            help="Skip label rows without features (listed in skipped.csv) [default: error].",
+            help="Skip label rows without features (listed in skipped.csv) \\[default: error].",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed \\[default: 0].")] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads [default: torch's].")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads \\[default: torch's].")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (see configs/level1.yaml).")
     ] = None,
