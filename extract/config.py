@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from extract.backbones import DEFAULT_BACKBONE
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -55,28 +57,44 @@ class FeaturesConfig(BaseModel):
         raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
-def load_config(path: Path | None, overrides: dict[str, object]) -> FeaturesConfig:
-    """Read a YAML config (optional), apply non-None ``overrides``, validate.
+def read_settings(
+    model: type[SettingsT],
+    path: Path | None,
+    overrides: dict[str, object],
+    error: type[ValueError],
+    what: str,
+) -> SettingsT:
+    """Read a YAML file of settings (optional), apply the non-None ``overrides``, validate
+    with the pydantic ``model``. Shared by every ``jungle`` subcommand's config.
 
     Raises:
-        ConfigError: unreadable YAML, unknown keys or invalid values, with every problem.
+        ``error``: unreadable YAML, not a mapping, unknown keys or invalid values, with every
+        problem listed (``what`` names the config in the message).
     """
     data: dict[str, object] = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+            raise error(f"cannot read config {path}: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+            raise error(f"{path}: expected a mapping of settings at the top level")
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return FeaturesConfig(**data)
+        return model(**data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
         )
-        raise ConfigError(
-            f"invalid features config{f' {path}' if path else ''}: {problems}"
-        ) from exc
+        raise error(f"invalid {what} config{f' {path}' if path else ''}: {problems}") from exc
+
+
+def load_config(path: Path | None, overrides: dict[str, object]) -> FeaturesConfig:
+    """Read a YAML config (optional), apply non-None ``overrides``, validate.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or invalid values, with every problem.
+    """
+    return read_settings(FeaturesConfig, path, overrides, ConfigError, "features")

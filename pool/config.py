@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from extract.config import read_settings
 
 ModelName = Literal["attention", "gru", "pool", "histogram"]
 #: every level-1 model, in the order they are trained and reported.
@@ -173,25 +175,7 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> Level1Config
         Level1Error: unreadable YAML, unknown keys, missing or invalid values, with every
         problem listed.
     """
-    data: dict[str, object] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise Level1Error(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise Level1Error(f"{path}: expected a mapping of settings at the top level")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return Level1Config(**data).resolved()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        where = f" {path}" if path else ""
-        raise Level1Error(f"invalid level-1 config{where}: {problems}") from exc
+    return read_settings(Level1Config, path, overrides, Level1Error, "level-1").resolved()
 
 
 def config_yaml(config: Level1Config) -> str:

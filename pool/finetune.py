@@ -82,8 +82,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import typer
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
@@ -95,6 +94,7 @@ from extract.backbones import (
     reset_head,
     save_checkpoint,
 )
+from extract.config import read_settings
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 from extract.decode import decode_clip
 from extract.discover import Clip, DiscoveryError, discover
@@ -188,26 +188,7 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> FinetuneConf
         FinetuneError: unreadable YAML, unknown keys, missing or invalid values, with every
             problem listed.
     """
-    data: dict[str, object] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise FinetuneError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise FinetuneError(f"{path}: expected a mapping of settings at the top level")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return FinetuneConfig(**data).resolved()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise FinetuneError(
-            f"invalid finetune config{f' {path}' if path else ''}: {problems}"
-        ) from exc
+    return read_settings(FinetuneConfig, path, overrides, FinetuneError, "finetune").resolved()
 
 
 def checkpoint_path(config: FinetuneConfig) -> Path:
