@@ -30,7 +30,11 @@ def _setup_logging(console: Console, verbose: bool) -> None:
 def train_level1_command(
     features: Annotated[
         list[Path] | None,
-        typer.Option("--features", help="Feature store (repeat for several backbones)."),
+        typer.Option(
+            "--features",
+            help="Feature store (repeat for several backbones). A path with {fold} is one "
+            "store per fold: fold K trains on and predicts store K (fine-tuned per fold).",
+        ),
     ] = None,
     labels: Annotated[
         Path | None,
@@ -41,7 +45,14 @@ def train_level1_command(
         str | None,
         typer.Option(help="Comma-separated: attention,gru,pool,histogram \\[default: all]."),
     ] = None,
-    folds: Annotated[int | None, typer.Option(help="Number of folds \\[default: 5].")] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(help="Number of folds \\[default: 5, or those of a reused folds.csv]."),
+    ] = None,
+    folds_csv: Annotated[
+        Path | None,
+        typer.Option(help="Folds to reuse \\[default: RUN/folds.csv if present, else made]."),
+    ] = None,
     group_column: Annotated[
         str | None, typer.Option(help="Labels column of groups (e.g. site) kept within a fold.")
     ] = None,
@@ -84,6 +95,7 @@ def train_level1_command(
         "run": str(run) if run is not None else None,
         "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
         "folds": folds,
+        "folds_csv": str(folds_csv) if folds_csv is not None else None,
         "group_column": group_column,
         "group_by_folder": group_by_folder,
         "skip_missing": skip_missing,

@@ -31,6 +31,10 @@ META_CHOICES: tuple[str, ...] = (
 )
 
 
+#: placeholder in a feature-store path that makes it one store per fold.
+FOLD_FIELD = "{fold}"
+
+
 class Level1Error(ValueError):
     """Invalid input or settings for level-1 training; the message says what and how to fix it."""
 
@@ -49,6 +53,17 @@ class FeatureSource(BaseModel):
         """A bare path (string) stands for ``{path: ..., layers: null}``."""
         return {"path": value} if isinstance(value, str | Path) else value
 
+    @property
+    def per_fold(self) -> bool:
+        """True when the path holds ``{fold}``: one store per fold (fold K uses store K)."""
+        return FOLD_FIELD in str(self.path)
+
+    def for_fold(self, fold: int) -> FeatureSource:
+        """This source for fold ``fold`` (``{fold}`` replaced; unchanged when not per fold)."""
+        if not self.per_fold:
+            return self
+        return self.model_copy(update={"path": Path(str(self.path).replace(FOLD_FIELD, str(fold)))})
+
 
 class NetConfig(BaseModel):
     """Architecture and optimisation of one torch meta-model (attention, gru or pool)."""
@@ -65,6 +80,14 @@ class NetConfig(BaseModel):
     batch_size: int = Field(32, ge=1, le=65_536)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+
+
+class PoolConfig(NetConfig):
+    """The ``pool`` baseline's settings: no metadata branch, and a lower learning rate (its
+    input, mean and max of every channel, is wide enough to overfit in one epoch)."""
+
+    use_meta: bool = Field(False, description="feed the metadata branch")
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
 
 
 class HistogramConfig(BaseModel):
@@ -98,11 +121,19 @@ class Level1Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    features: list[FeatureSource] = Field(min_length=1, description="stores, concatenated per clip")
+    features: list[FeatureSource] = Field(
+        min_length=1,
+        description="stores, concatenated per clip; a path with {fold} names one store per fold",
+    )
     labels: Path
     run: Path = Field(description="run directory to write")
     models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
-    folds: int = Field(5, ge=2, le=100)
+    folds: int | None = Field(
+        None, ge=2, le=100, description="k; default 5 when made here, else the reused file's"
+    )
+    folds_csv: Path | None = Field(
+        None, description="folds to reuse; default RUN/folds.csv when it exists, else made"
+    )
     group_column: str | None = Field(None, description="labels column whose values are groups")
     group_by_folder: bool = Field(False, description="group clips by their parent folder")
     skip_missing: bool = Field(False, description="skip (and report) unmatched label rows")
@@ -115,7 +146,7 @@ class Level1Config(BaseModel):
     )
     attention: NetConfig = Field(default_factory=NetConfig)
     gru: NetConfig = Field(default_factory=NetConfig)
-    pool: NetConfig = Field(default_factory=lambda: NetConfig(use_meta=False))
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     histogram: HistogramConfig = Field(default_factory=HistogramConfig)
 
     @field_validator("models")
@@ -148,6 +179,15 @@ class Level1Config(BaseModel):
             raise ValueError("give either group_column or group_by_folder, not both")
         return self
 
+    @property
+    def per_fold(self) -> bool:
+        """True when some feature store is one store per fold."""
+        return any(source.per_fold for source in self.features)
+
+    def for_fold(self, fold: int) -> Level1Config:
+        """The config whose feature stores are fold ``fold``'s."""
+        return self.model_copy(update={"features": [s.for_fold(fold) for s in self.features]})
+
     def net(self, name: str) -> NetConfig:
         """The settings of torch model ``name`` (attention, gru or pool)."""
         return {"attention": self.attention, "gru": self.gru, "pool": self.pool}[name]
@@ -162,6 +202,7 @@ class Level1Config(BaseModel):
                 ],
                 "labels": self.labels.expanduser().absolute(),
                 "run": self.run.expanduser().absolute(),
+                "folds_csv": self.folds_csv.expanduser().absolute() if self.folds_csv else None,
             }
         )
 

@@ -149,14 +149,16 @@ class GRUNet(_MetaNet):
 
 
 class PoolNet(_MetaNet):
-    """Mean and max of the standardised features over real frames → MLP (the baseline)."""
+    """Per-frame LayerNorm of the standardised features, then their mean and max over real
+    frames → MLP (the baseline)."""
 
     def __init__(self, in_dim: int, n_meta: int, n_classes: int, cfg: NetConfig) -> None:
         super().__init__(in_dim, n_meta, n_classes, cfg)
+        self.frame_norm = nn.LayerNorm(in_dim)
         self.classify = self.head(2 * in_dim + self.meta_width, cfg, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        z = self.norm.frames(x)
+        z = self.frame_norm(self.norm.frames(x))
         return self.classify(self.with_meta([masked_mean(z, mask), masked_max(z, mask)], meta))
 
 

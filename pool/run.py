@@ -7,7 +7,10 @@ Run directory layout::
       config.yaml          the resolved config (absolute paths, every default spelled out)
       classes.json         output classes, in column order (sorted species, then "blank")
       inputs.json          per store: path, layers, channels per layer, frames, extraction
-      folds.csv            id, fold[, group]: made once, reused by every model and level 2
+                           (a per-fold store: its {fold} pattern, and per fold the path and
+                           extraction, e.g. each fold's fine-tuned checkpoint)
+      folds.csv            id, fold[, group]: made once (or reused from --folds-csv or an
+                           existing RUN/folds.csv), used by every model and level 2
       targets.csv          id + one 0/1 column per class (the labels as matched)
       skipped.csv          filepath, reason: label rows without features (--skip-missing)
       oof/MODEL.csv        id + one probability column per class, every labelled clip once
@@ -28,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from extract.store import FeatureStore
 from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml, load_config
 from pool.data import FeatureBlock, Level1Data, load_block, load_training_data, open_stores
 from pool.folds import inner_split, make_folds, write_folds
@@ -52,6 +56,8 @@ RUN_ITEMS = (
 )
 
 FoldModel = NetModel | HistogramModel
+#: k when folds are made and the config gives none.
+DEFAULT_FOLDS = 5
 
 
 def model_seed(seed: int, model: str, fold: int) -> int:
@@ -61,8 +67,9 @@ def model_seed(seed: int, model: str, fold: int) -> int:
 
 
 def _check_run_dir(run: Path, overwrite: bool) -> None:
-    """Refuse to write into an earlier run unless ``overwrite``."""
-    present = [name for name in RUN_ITEMS if (run / name).exists()]
+    """Refuse to write into an earlier run unless ``overwrite`` (a ``folds.csv`` alone, as
+    ``jungle finetune`` leaves it, is not a run)."""
+    present = [name for name in RUN_ITEMS if (run / name).exists() and name != "folds.csv"]
     if present and not overwrite:
         raise Level1Error(
             f"{run} already holds a level-1 run ({', '.join(present)}); choose another --run "
@@ -136,12 +143,12 @@ def read_oof(run_dir: Path | str, model: str) -> pd.DataFrame:
 
 
 def _fold_splits(
-    data: Level1Data, folds: np.ndarray, config: Level1Config
+    data: Level1Data, folds: np.ndarray, k: int, config: Level1Config
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per fold: ``(fit rows, inner validation rows, held-out rows)``; the inner split of a
     fold is shared by every model."""
     splits = []
-    for fold in range(config.folds):
+    for fold in range(k):
         held = np.flatnonzero(folds == fold)
         train = np.flatnonzero(folds != fold)
         groups = data.groups[train] if data.groups is not None else None
@@ -150,6 +157,61 @@ def _fold_splits(
         )
         splits.append((train[~is_val], train[is_val], held))
     return splits
+
+
+def existing_folds(config: Level1Config) -> tuple[Path, pd.DataFrame] | None:
+    """The folds file to reuse, with its table (``id`` index, ``fold``[, ``group``]): the
+    config's ``folds_csv``, else ``RUN/folds.csv`` when present (written by ``jungle
+    finetune``, or by an earlier run); None when folds are to be made.
+
+    Raises:
+        Level1Error: a missing or unreadable file, or fold numbers other than ``0..k-1``.
+    """
+    path = config.folds_csv or config.run / "folds.csv"
+    if not path.is_file():
+        if config.folds_csv is not None:
+            raise Level1Error(f"folds file {path} does not exist")
+        return None
+    try:
+        table = pd.read_csv(path, dtype={"id": str, "group": str}).set_index("id")
+        fold_of = table["fold"].astype(np.int64)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise Level1Error(f"cannot read folds {path} (columns id, fold[, group]): {exc}") from exc
+    present = sorted(set(fold_of))
+    if present != list(range(len(present))) or len(present) < 2:
+        raise Level1Error(f"{path}: folds must be numbered 0..k-1 with k >= 2, found {present}")
+    return path, table.assign(fold=fold_of)
+
+
+def _folds_from_table(data: Level1Data, path: Path, table: pd.DataFrame) -> np.ndarray:
+    """The fold of each clip of ``data`` from a reused folds table; takes its groups for the
+    inner splits when the config named none."""
+    missing = [cid for cid in data.block.ids if cid not in table.index]
+    if missing:
+        raise Level1Error(
+            f"{len(missing)} labelled clips are not in {path} (e.g. {missing[:3]}); the folds "
+            "file must list every clip with features and labels (delete it, or pass another "
+            "--folds-csv, to make new folds)"
+        )
+    rows = table.loc[data.block.ids]
+    if data.groups is None and "group" in rows:
+        data.groups = rows["group"].fillna("").to_numpy(dtype=str)
+    return rows["fold"].to_numpy(dtype=np.int64)
+
+
+def _open_fold_stores(config: Level1Config, k: int) -> None:
+    """Check every fold's stores before anything is trained (exist, layers, same clips)."""
+    reference = None
+    for fold in range(k):
+        stores = open_stores(config.for_fold(fold).features)
+        ids = [sorted(store.ids) for store in stores]
+        if reference is None:
+            reference = ids
+        elif ids != reference:
+            raise Level1Error(
+                f"the stores of fold {fold} do not hold the same clips as fold 0's; extract "
+                "every fold's store from the same videos"
+            )
 
 
 @contextlib.contextmanager
@@ -168,7 +230,11 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     """Train ``config.models`` on k folds; write the run directory (module docstring).
 
     Everything is validated (stores, layers, labels, matching, folds, run directory) before
-    features are loaded or anything is trained.
+    features are loaded or anything is trained. Folds are reused from ``folds_csv`` or
+    ``RUN/folds.csv`` when present (see :func:`existing_folds`), else made. With per-fold
+    stores (``{fold}`` in a store path, e.g. features of backbones fine-tuned per fold by
+    ``jungle finetune --fold K``), fold K's models train on, and predict, store K's
+    features; the folds must then be the ones the stores were made with.
 
     Returns:
         The run directory.
@@ -179,42 +245,69 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     config = config.resolved()
     if not config.labels.is_file():
         raise Level1Error(f"labels file {config.labels} does not exist")
-    stores = open_stores(config.features)
     run = config.run
     _check_run_dir(run, overwrite)
-    data = load_training_data(config, stores)
-    n, k = data.targets.shape
-    folds = make_folds(data.targets, config.folds, config.seed, data.groups)
-    splits = _fold_splits(data, folds, config)
+    reused = existing_folds(config)
+    if config.per_fold and reused is None:
+        raise Level1Error(
+            "per-fold feature stores ({fold} in a --features path) need the folds they were "
+            f"made with: {run / 'folds.csv'} (written by `jungle finetune --fold K`) or "
+            "--folds-csv"
+        )
+    if reused is not None:
+        k = int(reused[1]["fold"].max()) + 1
+        if config.folds is not None and config.folds != k:
+            raise Level1Error(
+                f"{reused[0]} has {k} folds but --folds is {config.folds}; drop --folds to reuse "
+                "those folds, or delete the file to make new ones"
+            )
+    else:
+        k = config.folds or DEFAULT_FOLDS
+    config = config.model_copy(update={"folds": k})
+    if config.per_fold:
+        _open_fold_stores(config, k)
+    first = config.for_fold(0)
+    data = load_training_data(first, open_stores(first.features))
+    if reused is not None:
+        folds = _folds_from_table(data, *reused)
+        log.info("reusing the %d folds of %s", k, reused[0])
+    else:
+        folds = make_folds(data.targets, k, config.seed, data.groups)
+    ids, targets, classes, groups = data.block.ids, data.targets, data.classes, data.groups
+    n, n_classes = targets.shape
+    splits = _fold_splits(data, folds, k, config)
     _prepare_run_dir(run)
-    ids = data.block.ids
     (run / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
-    (run / "classes.json").write_text(json.dumps(data.classes, indent=1) + "\n", encoding="utf-8")
-    inputs = {"stores": data.block.layout, "meta_fields": config.meta_fields, "clips": n}
+    (run / "classes.json").write_text(json.dumps(classes, indent=1) + "\n", encoding="utf-8")
+    inputs = {
+        "stores": _store_layout(config, data.block.layout, k),
+        "meta_fields": config.meta_fields,
+        "clips": n,
+    }
     (run / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n", encoding="utf-8")
-    write_folds(run / "folds.csv", ids, folds, data.groups)
-    _write_oof(run / "targets.csv", ids, data.targets, data.classes)
+    write_folds(run / "folds.csv", ids, folds, groups)
+    _write_oof(run / "targets.csv", ids, targets, classes)
     data.skipped.to_csv(run / "skipped.csv", index=False)
     log.info(
-        "%d clips, %d classes, %d folds%s; models: %s",
+        "%d clips, %d classes, %d folds%s%s; models: %s",
         n,
+        n_classes,
         k,
-        config.folds,
-        " (grouped)" if data.groups is not None else "",
+        " (grouped)" if groups is not None else "",
+        ", one feature store per fold" if config.per_fold else "",
         ", ".join(config.models),
     )
 
     device = resolve_device(config.device)
-
-    scores: dict[str, dict] = {}
-    training: dict[str, list[dict]] = {}
+    oof = {name: np.full((n, n_classes), np.nan, dtype=np.float32) for name in config.models}
+    training: dict[str, list[dict]] = {name: [] for name in config.models}
+    for name in config.models:
+        (run / "models" / name).mkdir(exist_ok=True)
     with torch_threads(config.threads):
-        for name in config.models:
-            (run / "models" / name).mkdir(exist_ok=True)
-            log.info("training %s on %d folds", name, config.folds)
-            oof = np.full((n, k), np.nan, dtype=np.float32)
-            training[name] = []
-            for fold, (fit_rows, val_rows, held) in enumerate(splits):
+        for fold, (fit_rows, val_rows, held) in enumerate(splits):
+            if config.per_fold and fold > 0:
+                data = _fold_data(config.for_fold(fold), ids, targets, groups)
+            for name in config.models:
                 model = fit_fold_model(
                     name,
                     config,
@@ -224,31 +317,62 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
                     model_seed(config.seed, name, fold),
                     device,
                 )
-                oof[held] = model.predict(data.block, held)
+                oof[name][held] = model.predict(data.block, held)
                 torch.save(model.checkpoint(), run / "models" / name / f"fold_{fold}.pt")
-                fold_loss = evaluate(data.targets[held], oof[held], data.classes)["log_loss"]
+                fold_loss = evaluate(targets[held], oof[name][held], classes)["log_loss"]
                 training[name].append({"fold": fold, "held_out_log_loss": fold_loss, **model.info})
                 log.info(
                     "%s fold %d/%d: held-out log loss %.4f (%s)",
                     name,
                     fold + 1,
-                    config.folds,
+                    k,
                     fold_loss,
                     ", ".join(f"{key}={value:.4g}" for key, value in model.info.items()),
                 )
-            _write_oof(run / "oof" / f"{name}.csv", ids, oof, data.classes)
-            scores[name] = evaluate(data.targets, oof, data.classes)
-    scores["prior"] = evaluate(data.targets, prior_oof(data.targets, folds), data.classes)
+    scores: dict[str, dict] = {}
+    for name in config.models:
+        _write_oof(run / "oof" / f"{name}.csv", ids, oof[name], classes)
+        scores[name] = evaluate(targets, oof[name], classes)
+    scores["prior"] = evaluate(targets, prior_oof(targets, folds), classes)
     metrics = {
         "clips": n,
-        "folds": config.folds,
-        "classes": data.classes,
+        "folds": k,
+        "classes": classes,
         "skipped": len(data.skipped),
         "scores": scores,
         "training": training,
     }
     (run / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     return run
+
+
+def _fold_data(
+    config: Level1Config, ids: list[str], targets: np.ndarray, groups: np.ndarray | None
+) -> Level1Data:
+    """Fold K's data (its own stores), checked to be the same clips and targets as fold 0's."""
+    data = load_training_data(config, open_stores(config.features))
+    if data.block.ids != ids or not np.array_equal(data.targets, targets):
+        raise Level1Error(
+            f"the stores {[str(s.path) for s in config.features]} do not give the same "
+            "labelled clips as fold 0's stores"
+        )
+    data.groups = groups
+    return data
+
+
+def _store_layout(config: Level1Config, layout: list[dict], k: int) -> list[dict]:
+    """``inputs.json``'s per-store entries: fold 0's layout, and for a per-fold store its
+    path pattern and each fold's path and extraction settings."""
+    items = []
+    for source, item in zip(config.features, layout, strict=True):
+        if source.per_fold:
+            folds = []
+            for fold in range(k):
+                path = source.for_fold(fold).path
+                folds.append({"path": str(path), "extraction": FeatureStore(path).extraction})
+            item = item | {"path": str(source.path), "per_fold": folds}
+        items.append(item)
+    return items
 
 
 def predict_level1(
@@ -262,7 +386,9 @@ def predict_level1(
     Args:
         run_dir: a finished :func:`train_level1` run.
         stores: feature stores of the new clips, one per store of the run, in the same order
-            (same backbones and layers).
+            (same backbones and layers). Where the run used one store per fold, give a path
+            with ``{fold}``: fold K's models then read store K (the new clips' features made
+            with fold K's backbone).
         models: which models (default: every model of the run).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
@@ -285,27 +411,47 @@ def predict_level1(
         FeatureSource(path=Path(p), layers=item["layers"])
         for p, item in zip(stores, trained, strict=True)
     ]
-    block = load_block(sources, inputs["meta_fields"])
-    _check_compatible(block, trained)
+    for source, item in zip(sources, trained, strict=True):
+        if source.per_fold != ("per_fold" in item):
+            wanted = (
+                "one store per fold (a path with {fold})"
+                if "per_fold" in item
+                else ("one store for every fold (a path without {fold})")
+            )
+            raise Level1Error(f"{source.path}: the run was trained on {wanted} here")
     names = list(models) if models is not None else config.models
     unknown = [m for m in names if m not in config.models]
     if unknown:
         raise Level1Error(f"the run has no model {unknown}; it has {config.models}")
-    torch_device = resolve_device(device)
-    result = {}
+    checkpoints = {}
     for name in names:
-        paths = sorted((run / "models" / name).glob("fold_*.pt"))
-        if len(paths) != config.folds:
-            raise Level1Error(f"{run}: {len(paths)} checkpoints of {name}, expected {config.folds}")
-        probs = _mean_prediction([load_fold_model(p, torch_device) for p in paths], block)
-        result[name] = pd.DataFrame(probs, index=pd.Index(block.ids, name="id"), columns=classes)
-    return result
-
-
-def _mean_prediction(fold_models: list[FoldModel], block: FeatureBlock) -> np.ndarray:
-    return np.mean([m.predict(block) for m in fold_models], axis=0, dtype=np.float64).astype(
-        np.float32
-    )
+        paths = [run / "models" / name / f"fold_{fold}.pt" for fold in range(config.folds)]
+        if not all(p.is_file() for p in paths):
+            raise Level1Error(f"{run}: checkpoints of {name} are missing, expected {config.folds}")
+        checkpoints[name] = paths
+    torch_device = resolve_device(device)
+    per_fold = any(source.per_fold for source in sources)
+    sums: dict[str, np.ndarray] = {}
+    block: FeatureBlock | None = None
+    ids: list[str] = []
+    for fold in range(config.folds):
+        if block is None or per_fold:
+            block = load_block([s.for_fold(fold) for s in sources], inputs["meta_fields"])
+            _check_compatible(block, trained)
+            if fold and block.ids != ids:
+                raise Level1Error(f"the stores of fold {fold} hold other clips than fold 0's")
+            ids = block.ids
+        for name in names:
+            probs = load_fold_model(checkpoints[name][fold], torch_device).predict(block)
+            sums[name] = sums.get(name, 0.0) + probs.astype(np.float64)
+    return {
+        name: pd.DataFrame(
+            (total / config.folds).astype(np.float32),
+            index=pd.Index(ids, name="id"),
+            columns=classes,
+        )
+        for name, total in sums.items()
+    }
 
 
 def _check_compatible(block: FeatureBlock, trained: list[dict]) -> None:

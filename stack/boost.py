@@ -1,18 +1,34 @@
 """Per-class gradient boosting (LightGBM and XGBoost, blended) and probability clipping.
 
 Targets are multi-label (a clip can hold two species; ``blank`` is a class of its own), so
-each class gets its own binary model: one LightGBM and one XGBoost classifier, whose
+each class gets its own binary model: one LightGBM and one XGBoost booster, whose
 probabilities are averaged with equal weights. A class that is constant in a fold's training
-part gets a constant model (its training frequency). Boosting rounds are chosen by early
-stopping on an inner validation split of the training part, never on the held-out fold.
+part gets a constant model (its training frequency).
+
+Boosting does not start from a constant but from a *base margin*: the weighted mean of the
+level-1 models' logits for that class, with weights picked by greedy ensemble selection on
+the training part (:func:`select_base`). The trees learn corrections to that blend. By
+default (``tree_inputs="meta"``) they see the clip metadata only — file size and its z-score
+within the camera's resolution, duration, bitrate... — so level 1 decides *what* is in a
+clip and level 2 adds what compression and camera settings say about it. With
+``tree_inputs="all"`` they also see every level-1 probability of every class (the
+Pri-matrix layout); on the demo data (a few hundred clips, sites held out) that overfitted:
+OOF log loss 0.2564 against 0.2055 for ``meta`` and 0.2428 for the blend alone.
+
+The number of rounds of each booster is chosen by inner cross-validation over the training
+part (:func:`choose_rounds`, inner folds grouped like the outer ones), from 0 up: when trees
+do not help on data they have not seen, the class model is the base blend itself. The
+held-out fold is never used for any choice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -23,72 +39,95 @@ log = logging.getLogger(__name__)
 #: clipping bounds tried per class on level-2 OOF (see :func:`tune_clipping`).
 CLIP_GRID: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 5e-2)
 EPS = 1e-7
+#: level-1 probabilities are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before taking logits.
+LOGIT_EPS = 1e-5
+#: greedy steps of :func:`select_base` (weights are multiples of 1/steps at most).
+BASE_STEPS = 10
 
 
 @dataclass(frozen=True)
 class BoostParams:
     """Hyper-parameters shared by every class model (small data: shallow trees)."""
 
-    rounds: int = 600
-    learning_rate: float = 0.03
+    rounds: int = 300
+    learning_rate: float = 0.05
     num_leaves: int = 15
     max_depth: int = 4
     min_child_samples: int = 10
     subsample: float = 0.8
     colsample: float = 0.8
     reg_lambda: float = 1.0
-    early_stopping: int = 50
+    inner_folds: int = 3
+    #: what the trees see: ``meta`` (clip metadata; level 1 enters through the base blend)
+    #: or ``all`` (also every level-1 model's probability of every class).
+    tree_inputs: Literal["meta", "all"] = "meta"
     threads: int = 2
 
 
 class ClassModel:
-    """One class's blended LightGBM + XGBoost model (or a constant)."""
+    """One class's blended LightGBM + XGBoost model over a base margin (or a constant).
+
+    A booster with 0 rounds adds nothing: its probability is the base blend's.
+    """
 
     def __init__(
-        self, lgb_model: lgb.Booster | None, xgb_model: xgb.Booster | None, constant: float | None
+        self,
+        lgb_model: lgb.Booster | None,
+        xgb_model: xgb.Booster | None,
+        rounds: tuple[int, int] = (0, 0),
+        constant: float | None = None,
     ) -> None:
         self.lgb_model = lgb_model
         self.xgb_model = xgb_model
+        self.rounds = rounds
         self.constant = constant
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """``(n,)`` probability of the class."""
+    def predict(self, x: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        """``(n,)`` probability of the class for inputs ``x`` and base margins ``margin``."""
         if self.constant is not None:
             return np.full(len(x), self.constant)
-        p_lgb = self.lgb_model.predict(x, num_iteration=self.lgb_model.best_iteration or None)
-        p_xgb = self.xgb_model.predict(
-            xgb.DMatrix(x), iteration_range=(0, self.xgb_model.best_iteration + 1)
-        )
-        return (np.asarray(p_lgb) + np.asarray(p_xgb)) / 2
+        lgb_rounds, xgb_rounds = self.rounds
+        z_lgb = margin.astype(np.float64)
+        if lgb_rounds:
+            z_lgb = z_lgb + self.lgb_model.predict(x, num_iteration=lgb_rounds, raw_score=True)
+        z_xgb = margin.astype(np.float64)
+        if xgb_rounds:
+            z_xgb = z_xgb + self.xgb_model.predict(
+                xgb.DMatrix(x), iteration_range=(0, xgb_rounds), output_margin=True
+            )
+        return (_sigmoid(z_lgb) + _sigmoid(z_xgb)) / 2
 
     def save(self, folder: Path, name: str) -> None:
-        """Write ``NAME.lgb.txt`` and ``NAME.xgb.json`` (or ``NAME.const.json``)."""
-        if self.constant is not None:
-            (folder / f"{name}.const.json").write_text(json.dumps({"p": self.constant}))
-            return
-        self.lgb_model.save_model(str(folder / f"{name}.lgb.txt"))
-        self.xgb_model.save_model(str(folder / f"{name}.xgb.json"))
+        """Write ``NAME.json`` (rounds or constant), ``NAME.lgb.txt`` and ``NAME.xgb.json``
+        (boosters with at least one round)."""
+        info = {
+            "constant": self.constant,
+            "lgb_rounds": self.rounds[0],
+            "xgb_rounds": self.rounds[1],
+        }
+        (folder / f"{name}.json").write_text(json.dumps(info), encoding="utf-8")
+        if self.rounds[0]:
+            self.lgb_model.save_model(str(folder / f"{name}.lgb.txt"))
+        if self.rounds[1]:
+            self.xgb_model.save_model(str(folder / f"{name}.xgb.json"))
 
     @classmethod
     def load(cls, folder: Path, name: str) -> ClassModel:
         """Read what :meth:`save` wrote."""
-        const = folder / f"{name}.const.json"
-        if const.is_file():
-            return cls(None, None, float(json.loads(const.read_text())["p"]))
-        booster = xgb.Booster()
-        booster.load_model(str(folder / f"{name}.xgb.json"))
-        return cls(lgb.Booster(model_file=str(folder / f"{name}.lgb.txt")), booster, None)
+        info = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        rounds = (int(info["lgb_rounds"]), int(info["xgb_rounds"]))
+        lgb_model = lgb.Booster(model_file=str(folder / f"{name}.lgb.txt")) if rounds[0] else None
+        xgb_model = None
+        if rounds[1]:
+            xgb_model = xgb.Booster()
+            xgb_model.load_model(str(folder / f"{name}.xgb.json"))
+        return cls(lgb_model, xgb_model, rounds, info["constant"])
 
 
-def fit_class_model(
-    x: np.ndarray, y: np.ndarray, inner: np.ndarray, params: BoostParams, seed: int
-) -> ClassModel:
-    """Fit one class. ``inner`` marks the rows used for early stopping only."""
-    fit, val = ~inner, inner
-    if y[fit].min() == y[fit].max():
-        return ClassModel(None, None, float(np.clip(y[fit].mean(), EPS, 1 - EPS)))
-    lgb_params = {
+def _lgb_params(params: BoostParams, seed: int) -> dict:
+    return {
         "objective": "binary",
+        "metric": "binary_logloss",
         "learning_rate": params.learning_rate,
         "num_leaves": params.num_leaves,
         "max_depth": params.max_depth,
@@ -103,16 +142,10 @@ def fit_class_model(
         "force_row_wise": True,
         "verbose": -1,
     }
-    train_set = lgb.Dataset(x[fit], y[fit])
-    val_set = lgb.Dataset(x[val], y[val], reference=train_set)
-    lgb_model = lgb.train(
-        lgb_params,
-        train_set,
-        num_boost_round=params.rounds,
-        valid_sets=[val_set],
-        callbacks=[lgb.early_stopping(params.early_stopping, verbose=False)],
-    )
-    xgb_params = {
+
+
+def _xgb_params(params: BoostParams, seed: int) -> dict:
+    return {
         "objective": "binary:logistic",
         "eval_metric": "logloss",
         "eta": params.learning_rate,
@@ -125,17 +158,149 @@ def fit_class_model(
         "seed": seed,
         "tree_method": "hist",
     }
-    dtrain = xgb.DMatrix(x[fit], label=y[fit])
-    dval = xgb.DMatrix(x[val], label=y[val])
-    xgb_model = xgb.train(
-        xgb_params,
-        dtrain,
-        num_boost_round=params.rounds,
-        evals=[(dval, "val")],
-        early_stopping_rounds=params.early_stopping,
+
+
+def _train_lgb(
+    x: np.ndarray,
+    y: np.ndarray,
+    margin: np.ndarray,
+    rounds: int,
+    params: BoostParams,
+    seed: int,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[lgb.Booster, list[float]]:
+    """Train LightGBM from ``margin``; with ``val = (x, y, margin)`` also return the
+    validation log loss after each round."""
+    data = lgb.Dataset(x, y, init_score=margin)
+    record: dict = {}
+    valid = []
+    if val is not None:
+        valid = [lgb.Dataset(val[0], val[1], init_score=val[2], reference=data)]
+    booster = lgb.train(
+        _lgb_params(params, seed),
+        data,
+        num_boost_round=rounds,
+        valid_sets=valid,
+        valid_names=["val"] if valid else None,
+        callbacks=[lgb.record_evaluation(record)],
+    )
+    return booster, list(record.get("val", {}).get("binary_logloss", []))
+
+
+def _train_xgb(
+    x: np.ndarray,
+    y: np.ndarray,
+    margin: np.ndarray,
+    rounds: int,
+    params: BoostParams,
+    seed: int,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[xgb.Booster, list[float]]:
+    """Train XGBoost from ``margin``; with ``val`` also return the per-round log loss."""
+    data = xgb.DMatrix(x, label=y, base_margin=margin)
+    record: dict = {}
+    evals = []
+    if val is not None:
+        evals = [(xgb.DMatrix(val[0], label=val[1], base_margin=val[2]), "val")]
+    booster = xgb.train(
+        _xgb_params(params, seed),
+        data,
+        num_boost_round=rounds,
+        evals=evals,
+        evals_result=record,
         verbose_eval=False,
     )
-    return ClassModel(lgb_model, xgb_model, None)
+    return booster, list(record.get("val", {}).get("logloss", []))
+
+
+def choose_rounds(
+    x: np.ndarray,
+    y: np.ndarray,
+    margin: np.ndarray,
+    inner: np.ndarray,
+    params: BoostParams,
+    seed: int,
+) -> tuple[int, int]:
+    """Boosting rounds of LightGBM and XGBoost, each the argmin over ``0..params.rounds`` of
+    the inner-validation log loss summed over the inner folds (inner fold ``j`` validates a
+    model trained on the other inner folds; ``inner`` gives each row's inner fold). 0 means
+    the trees do not improve on the base blend for data they have not seen."""
+    curves = np.zeros((2, params.rounds + 1))
+    for j in np.unique(inner):
+        fit, val = inner != j, inner == j
+        if y[fit].min() == y[fit].max():
+            continue  # nothing to learn from this inner fold's training part
+        held = (x[val], y[val], margin[val])
+        start = _log_loss(y[val], _sigmoid(margin[val]))
+        for b, train in enumerate((_train_lgb, _train_xgb)):
+            _, curve = train(x[fit], y[fit], margin[fit], params.rounds, params, seed, held)
+            curves[b] += val.sum() * np.array([start, *curve])
+    best = np.argmin(np.round(curves, 10), axis=1)
+    return int(best[0]), int(best[1])
+
+
+def fit_class_model(
+    x: np.ndarray,
+    y: np.ndarray,
+    margin: np.ndarray,
+    inner: np.ndarray,
+    params: BoostParams,
+    seed: int,
+) -> ClassModel:
+    """Fit one class, boosting from the base ``margin`` (logits, ``(n,)``): rounds chosen by
+    :func:`choose_rounds` over the inner folds ``inner``, then each booster refit on every row."""
+    if y.min() == y.max():
+        return ClassModel(None, None, constant=float(np.clip(y.mean(), EPS, 1 - EPS)))
+    lgb_rounds, xgb_rounds = choose_rounds(x, y, margin, inner, params, seed)
+    lgb_model = _train_lgb(x, y, margin, lgb_rounds, params, seed)[0] if lgb_rounds else None
+    xgb_model = _train_xgb(x, y, margin, xgb_rounds, params, seed)[0] if xgb_rounds else None
+    return ClassModel(lgb_model, xgb_model, (lgb_rounds, xgb_rounds))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities, clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]`` first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def select_base(
+    targets: np.ndarray, probs: Mapping[str, np.ndarray], steps: int = BASE_STEPS
+) -> dict[str, float]:
+    """Weights of the level-1 models in the base blend (greedy ensemble selection).
+
+    Caruana et al. (2004): start empty; ``steps`` times, add (with replacement) the model
+    whose addition gives the lowest mean binary log loss of the blend's logit mean on
+    ``targets``; stop early when no addition helps. Weights are the counts divided by their
+    sum. Call it on the training part only.
+
+    Args:
+        targets: ``(n, K)`` 0/1.
+        probs: level-1 probabilities per model, each ``(n, K)`` aligned with ``targets``.
+    """
+    names = sorted(probs)
+    logits = {m: logit(probs[m]) for m in names}
+    counts = dict.fromkeys(names, 0)
+    total = np.zeros_like(targets, dtype=np.float64)
+    best = np.inf
+    for step in range(1, steps + 1):
+        losses = {m: _log_loss(targets, _sigmoid((total + logits[m]) / step)) for m in names}
+        name = min(names, key=lambda m: (round(losses[m], 12), m))
+        if losses[name] >= best - 1e-9:
+            break
+        best = losses[name]
+        counts[name] += 1
+        total += logits[name]
+    used = sum(counts.values())
+    return {m: c / used for m, c in counts.items() if c}
+
+
+def base_margin(probs: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """``(n, K)`` base logits: the ``weights``-weighted mean of the models' logits."""
+    return sum(w * logit(probs[m]) for m, w in weights.items())
 
 
 def tune_clipping(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -29,6 +29,13 @@ def train_level2_command(
     run: Annotated[Path, typer.Option(help="A finished `jungle train-level1` run directory.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="Threads of LightGBM and XGBoost.")] = 2,
+    tree_inputs: Annotated[
+        str,
+        typer.Option(
+            help="What the trees see besides the base blend of level 1: 'meta' (clip "
+            "metadata) or 'all' (also every level-1 probability; for large training sets)."
+        ),
+    ] = "meta",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Train the level-2 stacker (LightGBM + XGBoost over level-1 OOF predictions and file
@@ -36,7 +43,10 @@ def train_level2_command(
     err = stderr_console()
     setup_logging(err, verbose)
     try:
-        scores = train_level2(run, BoostParams(threads=threads), seed=seed)
+        if tree_inputs not in ("meta", "all"):
+            raise Level2Error(f"--tree-inputs must be 'meta' or 'all', not {tree_inputs!r}")
+        params = BoostParams(threads=threads, tree_inputs=tree_inputs)  # type: ignore[arg-type]
+        scores = train_level2(run, params, seed=seed)
     except USER_ERRORS as exc:
         raise fail(err, str(exc)) from None
     shown = {k: v for k, v in scores.items() if k != "level2_raw"}

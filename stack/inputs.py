@@ -1,4 +1,6 @@
-"""Level-2 inputs: level-1 probabilities of every model side by side, plus clip metadata.
+"""Level-2 tree inputs: clip metadata (and, with ``tree_inputs="all"``, the level-1
+probabilities of every model side by side). The level-1 probabilities always enter level 2
+through the base blend the trees boost from (:mod:`stack.boost`).
 
 Metadata features (from the feature store's ``meta`` table):
 
@@ -64,12 +66,18 @@ def meta_features(meta: pd.DataFrame, stats: Mapping) -> pd.DataFrame:
 
 
 def level2_matrix(
-    level1: Mapping[str, pd.DataFrame], meta: pd.DataFrame, stats: Mapping, ids: Sequence[str]
+    level1: Mapping[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    stats: Mapping,
+    ids: Sequence[str],
+    tree_inputs: str = "meta",
 ) -> pd.DataFrame:
-    """Rows ``ids``: columns ``MODEL:CLASS`` for every level-1 model, then metadata."""
+    """Rows ``ids`` of the trees' inputs: the metadata features and, when ``tree_inputs`` is
+    ``all``, first the columns ``MODEL:CLASS`` of every level-1 model."""
     parts = []
-    for model in sorted(level1):
-        probs = level1[model].loc[list(ids)]
-        parts.append(probs.add_prefix(f"{model}:"))
+    if tree_inputs == "all":
+        for model in sorted(level1):
+            probs = level1[model].loc[list(ids)]
+            parts.append(probs.add_prefix(f"{model}:"))
     parts.append(meta_features(meta.loc[list(ids)], stats))
     return pd.concat(parts, axis=1)

@@ -2,7 +2,9 @@
 
 Stage 1 runs with the run's own extraction settings (backbone, weights or fine-tuned
 checkpoint, layers, frames, image size, pooling, precision, TTA: read from the run, never
-re-typed). The features are cached in ``OUT.features/`` beside the CSV, so a re-run, or a
+re-typed). Where the run was trained on one store per fold (backbones fine-tuned per fold),
+the clips are extracted once per fold's checkpoint and fold K's level-1 models read fold
+K's features. The features are cached in ``OUT.features/`` beside the CSV, so a re-run, or a
 run killed midway, resumes and skips finished clips; the CSV is written at the end through
 a temporary file and a rename.
 
@@ -80,25 +82,27 @@ def predict(
     inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
-    stores = []
+    overrides: dict[str, object] = {"device": device}
+    if workers is not None:
+        overrides["workers"] = workers
+    if shard_clips is not None:
+        overrides["shard_clips"] = shard_clips
+    stores: list[str] = []  # per run store: a path, or a {fold} pattern (one per fold)
+    made: list[Path] = []
     for i, trained in enumerate(inputs["stores"]):
-        overrides: dict[str, object] = {"device": device}
-        if workers is not None:
-            overrides["workers"] = workers
-        if shard_clips is not None:
-            overrides["shard_clips"] = shard_clips
-        config = config_from_extraction(trained["extraction"], **overrides)
-        store_path = cache / f"store{i}.h5"
-        log.info("stage 1 (%s): %d clips", trained["extraction"]["backbone"], len(clips))
-        extract_features(videos, store_path, config, show_progress=show_progress)
-        if not same_extraction(read_extraction(store_path), trained["extraction"]):
-            raise Level2Error(
-                f"features of {store_path} differ from the run's training features (was a "
-                "weights file or checkpoint replaced since training?)"
-            )
-        stores.append(store_path)
-    first = FeatureStore(stores[0])
-    failed = _failures(stores)
+        if "per_fold" in trained:
+            for fold, item in enumerate(trained["per_fold"]):
+                path = cache / f"store{i}_fold{fold}.h5"
+                _extract(videos, path, item["extraction"], overrides, show_progress, fold)
+                made.append(path)
+            stores.append(str(cache / f"store{i}_fold{{fold}}.h5"))
+        else:
+            path = cache / f"store{i}.h5"
+            _extract(videos, path, trained["extraction"], overrides, show_progress)
+            made.append(path)
+            stores.append(str(path))
+    first = FeatureStore(made[0])
+    failed = _failures(made)
     ok_ids = [c for c in first.ids if c not in failed]
     probs = pd.DataFrame(columns=classes, dtype=np.float64)
     if ok_ids:
@@ -119,6 +123,30 @@ def predict(
         failed=int(status.get("failed", 0)),
         seconds=time.perf_counter() - started,
     )
+
+
+def _extract(
+    videos: Path | str,
+    path: Path,
+    extraction: dict,
+    overrides: dict[str, object],
+    show_progress: bool,
+    fold: int | None = None,
+) -> None:
+    """Stage 1 into ``path`` with a training store's ``extraction`` settings (resumable).
+
+    Raises:
+        Level2Error: the features made differ from the training features' settings.
+    """
+    config = config_from_extraction(extraction, **overrides)
+    which = extraction["backbone"] + ("" if fold is None else f", fold {fold}'s checkpoint")
+    log.info("stage 1 (%s) into %s", which, path.name)
+    extract_features(videos, path, config, show_progress=show_progress)
+    if not same_extraction(read_extraction(path), extraction):
+        raise Level2Error(
+            f"features of {path} differ from the run's training features (was a weights file "
+            "or checkpoint replaced since training?)"
+        )
 
 
 def _failures(stores: list[Path]) -> dict[str, str]:

@@ -3,14 +3,18 @@
 For every fold K of ``folds.csv`` the class models are trained on the level-1 OOF
 predictions (and metadata) of the clips outside fold K and predict fold K, so the level-2
 OOF predictions are as honest as level 1's: no clip is ever predicted by a model that saw
-its label, at either level. Early stopping uses an inner split of the training part.
+its label, at either level. Within a fold, each class model boosts from the base blend of
+level-1 models (weights chosen on the training part); its numbers of rounds are chosen by
+inner cross-validation over the training part (grouped like the folds), 0 allowed.
 Per-class clipping bounds are then tuned on the level-2 OOF (:func:`stack.boost.tune_clipping`).
 
 Written into the run directory::
 
     level2/model.json       classes, level-1 models used, feature columns, clipping, params
     level2/fold_K/          per class: class_NN.lgb.txt + class_NN.xgb.json (or .const.json),
-                            stats.json (file-size statistics of fold K's training clips)
+                            stats.json (file-size statistics of fold K's training clips),
+                            base.json (weights of the level-1 models in the base blend the
+                            boosting starts from, chosen on fold K's training clips)
     level2/oof.csv          level-2 OOF probabilities (clipped), id x class
     metrics.json            gains ``scores.level2`` (and the unclipped blend, ``level2_raw``)
 """
@@ -27,15 +31,17 @@ import pandas as pd
 
 from extract.store import FeatureStore
 from pool.config import Level1Error
-from pool.folds import inner_split
+from pool.folds import make_folds
 from pool.metrics import evaluate
 from pool.run import read_oof, read_targets
 from stack.boost import (
     BoostParams,
     ClassModel,
     apply_clipping,
+    base_margin,
     fit_class_model,
     params_dict,
+    select_base,
     tune_clipping,
 )
 from stack.inputs import level2_matrix, size_stats
@@ -69,7 +75,8 @@ def read_run(run: Path) -> tuple[list[str], list[str], pd.DataFrame]:
 def run_meta(run: Path) -> pd.DataFrame:
     """Metadata of the run's training clips (from its first feature store)."""
     inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
-    path = Path(inputs["stores"][0]["path"])
+    first = inputs["stores"][0]
+    path = Path(first["per_fold"][0]["path"] if "per_fold" in first else first["path"])
     if not path.is_file():
         raise Level2Error(f"feature store {path} of this run is missing (moved or deleted?)")
     return FeatureStore(path).meta()
@@ -103,22 +110,37 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
         train_ids = [i for i, t in zip(ids, train, strict=True) if t]
         held_ids = [i for i, t in zip(ids, train, strict=True) if not t]
         stats = size_stats(meta.loc[train_ids])
-        x_train = level2_matrix(level1, meta, stats, train_ids)
-        x_held = level2_matrix(level1, meta, stats, held_ids)
+        x_train = level2_matrix(level1, meta, stats, train_ids, params.tree_inputs)
+        x_held = level2_matrix(level1, meta, stats, held_ids, params.tree_inputs)
         columns = list(x_train.columns)
-        inner = inner_split(
-            targets[train], 0.2, seed + int(fold), None if groups is None else groups[train]
+        inner = _inner_folds(
+            targets[train], None if groups is None else groups[train], params, seed + int(fold)
         )
+        probs_train = _class_probs(level1, train_ids, classes)
+        weights = select_base(targets[train], probs_train)
+        margin_train = base_margin(probs_train, weights)
+        margin_held = base_margin(_class_probs(level1, held_ids, classes), weights)
         fold_dir = out_dir / f"fold_{fold}"
         fold_dir.mkdir()
         (fold_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        (fold_dir / "base.json").write_text(json.dumps(weights, indent=1), encoding="utf-8")
         for k in range(len(classes)):
             model = fit_class_model(
-                x_train.to_numpy(), targets[train, k], inner, params, seed + 1000 * int(fold) + k
+                x_train.to_numpy(),
+                targets[train, k],
+                margin_train[:, k],
+                inner,
+                params,
+                seed + 1000 * int(fold) + k,
             )
             model.save(fold_dir, class_file(k))
-            oof[~train, k] = model.predict(x_held.to_numpy())
-        log.info("level 2 fold %d: trained on %d clips", fold, int(train.sum()))
+            oof[~train, k] = model.predict(x_held.to_numpy(), margin_held[:, k])
+        log.info(
+            "level 2 fold %d: trained on %d clips, base blend %s",
+            fold,
+            int(train.sum()),
+            ", ".join(f"{m} {w:.1f}" for m, w in weights.items()),
+        )
     bounds = tune_clipping(targets, oof)
     clipped = apply_clipping(oof, bounds)
     model_info = {
@@ -129,7 +151,8 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
         "clipping": dict(zip(classes, map(float, bounds), strict=True)),
         "params": params_dict(params),
         "seed": seed,
-        "blend": "mean of LightGBM and XGBoost probabilities, one binary model per class",
+        "blend": "mean of LightGBM and XGBoost probabilities, one binary model per class, "
+        "each boosted from the logits of the fold's base blend of level-1 models",
         "prediction": "level-1: mean of the level-1 fold models; level-2: mean of the "
         "level-2 fold models applied to it; then per-class clipping",
     }
@@ -151,8 +174,29 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
     return metrics["scores"]
 
 
-def load_level2(run: Path) -> tuple[dict, dict[int, tuple[dict, list[ClassModel]]]]:
-    """``model.json`` and, per fold, (file-size stats, class models) of a trained stacker."""
+def _inner_folds(
+    targets: np.ndarray, groups: np.ndarray | None, params: BoostParams, seed: int
+) -> np.ndarray:
+    """Inner fold of each training row (``params.inner_folds``, fewer when there are fewer
+    groups), stratified and grouped like the outer folds."""
+    units = len(np.unique(groups)) if groups is not None else len(targets)
+    if units < 2:  # one group: inner folds cannot keep groups apart
+        groups, units = None, len(targets)
+    return make_folds(targets, min(params.inner_folds, units), seed, groups)
+
+
+def _class_probs(
+    level1: dict[str, pd.DataFrame], ids: list[str], classes: list[str]
+) -> dict[str, np.ndarray]:
+    """Level-1 probabilities per model as ``(len(ids), K)`` arrays in class order."""
+    return {m: frame.loc[ids, classes].to_numpy(dtype=np.float64) for m, frame in level1.items()}
+
+
+def load_level2(
+    run: Path,
+) -> tuple[dict, dict[int, tuple[dict, dict[str, float], list[ClassModel]]]]:
+    """``model.json`` and, per fold, (file-size stats, base-blend weights, class models) of a
+    trained stacker."""
     out_dir = run / LEVEL2
     if not (out_dir / "model.json").is_file():
         raise Level2Error(f"{run} has no level-2 model (run `jungle train-level2 --run {run}`)")
@@ -161,8 +205,9 @@ def load_level2(run: Path) -> tuple[dict, dict[int, tuple[dict, list[ClassModel]
     for fold in info["folds"]:
         fold_dir = out_dir / f"fold_{fold}"
         stats = json.loads((fold_dir / "stats.json").read_text(encoding="utf-8"))
+        weights = json.loads((fold_dir / "base.json").read_text(encoding="utf-8"))
         models = [ClassModel.load(fold_dir, class_file(k)) for k in range(len(info["classes"]))]
-        folds[fold] = (stats, models)
+        folds[fold] = (stats, weights, models)
     return info, folds
 
 
@@ -179,11 +224,14 @@ def predict_level2(
     ids = list(next(iter(level1.values())).index)
     used = {m: level1[m] for m in info["level1_models"]}
     per_fold = []
-    for stats, models in folds.values():
-        x = level2_matrix(used, meta, stats, ids)
+    for stats, weights, models in folds.values():
+        x = level2_matrix(used, meta, stats, ids, info["params"]["tree_inputs"])
         if list(x.columns) != info["columns"]:
             raise Level2Error("level-2 inputs do not match the trained columns")
-        per_fold.append(np.stack([m.predict(x.to_numpy()) for m in models], axis=1))
+        margin = base_margin(_class_probs(used, ids, info["classes"]), weights)
+        per_fold.append(
+            np.stack([m.predict(x.to_numpy(), margin[:, k]) for k, m in enumerate(models)], axis=1)
+        )
     probs = np.mean(per_fold, axis=0)
     bounds = np.array([info["clipping"][c] for c in info["classes"]])
     return pd.DataFrame(
