@@ -11,7 +11,7 @@ LABELS ?= labels.csv
 RUN ?= runs/level1
 OUT ?= predictions.csv
 
-.PHONY: help install test lint features train-level1 train-level2 predict demo bench
+.PHONY: help install test lint features train-level1 train-level2 predict demo demo-finetune bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
@@ -22,6 +22,7 @@ help:
 	@echo "make train-level2 RUN=runs/NAME: level-2 stacker"
 	@echo "make predict VIDEOS=folder RUN=runs/NAME OUT=predictions.csv: batch prediction"
 	@echo "make demo      the whole job on generated clips (prints the metrics)"
+	@echo "make demo-finetune  after make demo: per-fold fine-tuned vs frozen backbone"
 	@echo "make bench     benchmarks (prints measured numbers)"
 
 install:
@@ -49,6 +50,9 @@ predict:
 
 demo:
 	$(BIN)/python scripts/demo.py --out demo
+
+demo-finetune:
+	$(BIN)/python scripts/demo_finetune.py --demo demo
 
 bench:
 	$(BIN)/python scripts/bench_features.py

@@ -32,10 +32,10 @@ def train_level2_command(
     tree_inputs: Annotated[
         str,
         typer.Option(
-            help="What the trees see besides the base blend of level 1: 'meta' (clip "
-            "metadata) or 'all' (also every level-1 probability; for large training sets)."
+            help="What the trees see besides the base blend: 'all' (every level-1 "
+            "probability and the clip metadata) or 'meta' (the metadata only)."
         ),
-    ] = "meta",
+    ] = "all",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Train the level-2 stacker (LightGBM + XGBoost over level-1 OOF predictions and file

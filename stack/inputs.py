@@ -70,7 +70,7 @@ def level2_matrix(
     meta: pd.DataFrame,
     stats: Mapping,
     ids: Sequence[str],
-    tree_inputs: str = "meta",
+    tree_inputs: str = "all",
 ) -> pd.DataFrame:
     """Rows ``ids`` of the trees' inputs: the metadata features and, when ``tree_inputs`` is
     ``all``, first the columns ``MODEL:CLASS`` of every level-1 model."""

@@ -4,7 +4,7 @@ For every fold K of ``folds.csv`` the class models are trained on the level-1 OO
 predictions (and metadata) of the clips outside fold K and predict fold K, so the level-2
 OOF predictions are as honest as level 1's: no clip is ever predicted by a model that saw
 its label, at either level. Within a fold, each class model boosts from the base blend of
-level-1 models (weights chosen on the training part); its numbers of rounds are chosen by
+level-1 models (a logistic regression fit on the training part); its numbers of rounds are chosen by
 inner cross-validation over the training part (grouped like the folds), 0 allowed.
 Per-class clipping bounds are then tuned on the level-2 OOF (:func:`stack.boost.tune_clipping`).
 
@@ -13,8 +13,9 @@ Written into the run directory::
     level2/model.json       classes, level-1 models used, feature columns, clipping, params
     level2/fold_K/          per class: class_NN.lgb.txt + class_NN.xgb.json (or .const.json),
                             stats.json (file-size statistics of fold K's training clips),
-                            base.json (weights of the level-1 models in the base blend the
-                            boosting starts from, chosen on fold K's training clips)
+                            base.json (the base blend the boosting starts from: per class a
+                            logistic regression over level-1 logits, fit on fold K's
+                            training clips)
     level2/oof.csv          level-2 OOF probabilities (clipped), id x class
     metrics.json            gains ``scores.level2`` (and the unclipped blend, ``level2_raw``)
 """
@@ -39,9 +40,9 @@ from stack.boost import (
     ClassModel,
     apply_clipping,
     base_margin,
+    fit_base,
     fit_class_model,
     params_dict,
-    select_base,
     tune_clipping,
 )
 from stack.inputs import level2_matrix, size_stats
@@ -117,13 +118,13 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
             targets[train], None if groups is None else groups[train], params, seed + int(fold)
         )
         probs_train = _class_probs(level1, train_ids, classes)
-        weights = select_base(targets[train], probs_train)
-        margin_train = base_margin(probs_train, weights)
-        margin_held = base_margin(_class_probs(level1, held_ids, classes), weights)
+        base = fit_base(targets[train], probs_train, params.base_c)
+        margin_train = base_margin(probs_train, base)
+        margin_held = base_margin(_class_probs(level1, held_ids, classes), base)
         fold_dir = out_dir / f"fold_{fold}"
         fold_dir.mkdir()
         (fold_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        (fold_dir / "base.json").write_text(json.dumps(weights, indent=1), encoding="utf-8")
+        (fold_dir / "base.json").write_text(json.dumps(base, indent=1), encoding="utf-8")
         for k in range(len(classes)):
             model = fit_class_model(
                 x_train.to_numpy(),
@@ -135,12 +136,7 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
             )
             model.save(fold_dir, class_file(k))
             oof[~train, k] = model.predict(x_held.to_numpy(), margin_held[:, k])
-        log.info(
-            "level 2 fold %d: trained on %d clips, base blend %s",
-            fold,
-            int(train.sum()),
-            ", ".join(f"{m} {w:.1f}" for m, w in weights.items()),
-        )
+        log.info("level 2 fold %d: trained on %d clips", fold, int(train.sum()))
     bounds = tune_clipping(targets, oof)
     clipped = apply_clipping(oof, bounds)
     model_info = {
@@ -152,7 +148,7 @@ def train_level2(run: Path | str, params: BoostParams | None = None, seed: int =
         "params": params_dict(params),
         "seed": seed,
         "blend": "mean of LightGBM and XGBoost probabilities, one binary model per class, "
-        "each boosted from the logits of the fold's base blend of level-1 models",
+        "each boosted from the fold's base blend (logistic regression over level-1 logits)",
         "prediction": "level-1: mean of the level-1 fold models; level-2: mean of the "
         "level-2 fold models applied to it; then per-class clipping",
     }
@@ -195,7 +191,7 @@ def _class_probs(
 def load_level2(
     run: Path,
 ) -> tuple[dict, dict[int, tuple[dict, dict[str, float], list[ClassModel]]]]:
-    """``model.json`` and, per fold, (file-size stats, base-blend weights, class models) of a
+    """``model.json`` and, per fold, (file-size stats, base blend, class models) of a
     trained stacker."""
     out_dir = run / LEVEL2
     if not (out_dir / "model.json").is_file():
@@ -205,9 +201,9 @@ def load_level2(
     for fold in info["folds"]:
         fold_dir = out_dir / f"fold_{fold}"
         stats = json.loads((fold_dir / "stats.json").read_text(encoding="utf-8"))
-        weights = json.loads((fold_dir / "base.json").read_text(encoding="utf-8"))
+        base = json.loads((fold_dir / "base.json").read_text(encoding="utf-8"))
         models = [ClassModel.load(fold_dir, class_file(k)) for k in range(len(info["classes"]))]
-        folds[fold] = (stats, weights, models)
+        folds[fold] = (stats, base, models)
     return info, folds
 
 
@@ -224,11 +220,11 @@ def predict_level2(
     ids = list(next(iter(level1.values())).index)
     used = {m: level1[m] for m in info["level1_models"]}
     per_fold = []
-    for stats, weights, models in folds.values():
+    for stats, base, models in folds.values():
         x = level2_matrix(used, meta, stats, ids, info["params"]["tree_inputs"])
         if list(x.columns) != info["columns"]:
             raise Level2Error("level-2 inputs do not match the trained columns")
-        margin = base_margin(_class_probs(used, ids, info["classes"]), weights)
+        margin = base_margin(_class_probs(used, ids, info["classes"]), base)
         per_fold.append(
             np.stack([m.predict(x.to_numpy(), margin[:, k]) for k, m in enumerate(models)], axis=1)
         )

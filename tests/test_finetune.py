@@ -392,3 +392,60 @@ def test_augmentation_flips_crops_and_jitters_and_normalises_like_extraction() -
     assert a.shape == reference.shape
     assert bool(((a - reference).abs().amax(dim=(1, 2, 3)) > 0.05).all())
     assert a.min() >= -1.0 - 1e-6 and a.max() <= 1.0 + 1e-6  # (x / 255 - 0.5) / 0.5
+
+
+def test_per_fold_checkpoints_feed_level1_level2_and_predict(demo: Demo, tmp_path: Path) -> None:
+    """The honest protocol end to end: one backbone fine-tuned per fold, store K made with
+    checkpoint K, level 1 reads store K for fold K, and `predict` extracts new clips once
+    per fold checkpoint."""
+    from pool.config import load_config as level1_config
+    from pool.run import train_level1
+    from stack.predict import features_dir, predict
+    from stack.train import train_level2
+
+    run = tmp_path / "run"
+    for fold in (0, 1):
+        ckpt = finetune(
+            config(
+                demo,
+                run,
+                folds=2,
+                fold=fold,
+                epochs_head=1,
+                epochs_full=1,
+                unfreeze_from="blocks.6",
+            )
+        )
+        extract_features(
+            demo.train,
+            tmp_path / f"features_fold{fold}.h5",
+            FeaturesConfig(checkpoint=str(ckpt), frames=FRAMES, image_size=SIZE, workers=0),
+            show_progress=False,
+        )
+    settings = {
+        "features": [str(tmp_path / "features_fold{fold}.h5")],
+        "labels": str(demo.train),
+        "run": str(run),
+        "models": ["pool"],
+        "pool": {"epochs": 3},
+        "threads": 1,
+        "device": "cpu",
+    }
+    train_level1(level1_config(None, settings))
+    inputs = json.loads((run / "inputs.json").read_text())["stores"][0]
+    weights = [item["extraction"]["weights"] for item in inputs["per_fold"]]
+    assert weights == [
+        f"checkpoint:{run / 'finetune' / f'efficientnet_lite0_fold{k}.pt'}" for k in (0, 1)
+    ]
+    train_level2(run)
+
+    new = demo.root / "new.csv"
+    pd.read_csv(demo.labels).iloc[LABELLED : LABELLED + 5][["filepath"]].to_csv(new, index=False)
+    out = tmp_path / "predictions.csv"
+    result = predict(new, run, out, device="cpu", workers=0, show_progress=False)
+    table = pd.read_csv(out)
+    assert result.ok == 5 and (table["status"] == "ok").all()
+    cache = features_dir(out)
+    for fold in (0, 1):
+        extraction = read_extraction(cache / f"store0_fold{fold}.h5")
+        assert extraction["weights"] == weights[fold]

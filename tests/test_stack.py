@@ -21,7 +21,7 @@ from pool.config import load_config
 from pool.run import read_oof, train_level1
 from pool.synthetic import SyntheticSpec, write_synthetic_store
 from scripts.make_demo_data import generate_demo
-from stack.boost import ClassModel, _log_loss, base_margin, select_base
+from stack.boost import ClassModel, _log_loss, base_margin, fit_base
 from stack.evaluate import evaluate_predictions
 from stack.predict import features_dir, predict
 from stack.train import Level2Error, class_file, load_level2, predict_level2, run_meta, train_level2
@@ -91,9 +91,10 @@ def test_prediction_averages_the_fold_models_and_clips(size_signal_run: Path) ->
     from stack.inputs import level2_matrix
 
     per_fold = []
-    for fold, (stats, weights, _) in folds.items():
-        x = level2_matrix(level1, meta, stats, list(got.index), "meta").to_numpy()
-        margin = sum(w * logit(level1[m].to_numpy()) for m, w in weights.items())
+    for fold, (stats, base, _) in folds.items():
+        x = level2_matrix(level1, meta, stats, list(got.index), "all").to_numpy()
+        logits = np.column_stack([logit(level1[m].to_numpy()) for m in sorted(level1)])
+        margin = logits @ np.array(base["coef"]).T + np.array(base["intercept"])
         fold_dir = size_signal_run / "level2" / f"fold_{fold}"
         models = [ClassModel.load(fold_dir, class_file(k)) for k in range(len(info["classes"]))]
         per_fold.append(np.stack([m.predict(x, margin[:, k]) for k, m in enumerate(models)], 1))
@@ -103,7 +104,7 @@ def test_prediction_averages_the_fold_models_and_clips(size_signal_run: Path) ->
     assert len(folds) == 3 and not np.allclose(per_fold[0], per_fold[1])
 
 
-def test_base_blend_keeps_complementary_models_and_drops_noise() -> None:
+def test_base_blend_combines_models_and_ignores_noise() -> None:
     rng = np.random.default_rng(1)
     targets = (rng.random((2000, 4)) < 0.3).astype(float)
     signal = 3.0 * (2 * targets - 1)
@@ -112,10 +113,15 @@ def test_base_blend_keeps_complementary_models_and_drops_noise() -> None:
         return 1 / (1 + np.exp(-(signal + rng.normal(0, noise, targets.shape))))
 
     probs = {"a": model(2.0), "b": model(2.0), "noise": rng.random(targets.shape)}
-    weights = select_base(targets, probs)
-    assert set(weights) == {"a", "b"} and abs(sum(weights.values()) - 1) < 1e-9
-    blend = 1 / (1 + np.exp(-base_margin(probs, weights)))
+    base = fit_base(targets, probs, c=0.1)
+    coef = np.array(base["coef"])  # (classes, 3 models x 4 classes), models sorted: a, b, noise
+    own = [coef[k, [k, 4 + k, 8 + k]] for k in range(4)]
+    for a, b, noise in own:
+        assert a > 0.2 and b > 0.2 and abs(noise) < 0.1 * min(a, b)
+    blend = 1 / (1 + np.exp(-base_margin(probs, base)))
     assert _log_loss(targets, blend) < min(_log_loss(targets, p) for p in probs.values()) - 0.02
+    constant = fit_base(np.zeros((50, 1)), {"a": np.full((50, 1), 0.3)}, c=0.1)
+    assert constant["coef"] == [[0.0]] and constant["intercept"][0] < -10
 
 
 def test_train_level2_needs_a_finished_level1_run(tmp_path: Path) -> None:
