@@ -305,12 +305,18 @@ def frame_moments(
 
 
 def meta_moments(meta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-field mean and std of metadata over ``rows`` (NaN ignored; std floored at 1e-6)."""
+    """Per-field mean and std of metadata over ``rows`` (NaN ignored).
+
+    A field constant over ``rows`` (std below 1e-6 of its scale) gets std ``inf``: it carried
+    no information in training, so it reads 0 whatever its value on new clips (a camera with
+    another resolution must not saturate the network).
+    """
     part = meta[rows].astype(np.float64)
     if part.shape[1] == 0:
         return np.zeros(0, np.float32), np.ones(0, np.float32)
     counts = np.isfinite(part).sum(axis=0)
     mean = np.where(counts > 0, np.nansum(part, axis=0) / np.maximum(counts, 1), 0.0)
     var = np.nansum(np.square(part - mean), axis=0) / np.maximum(counts, 1)
-    std = np.maximum(np.sqrt(var), 1e-6)
+    std = np.sqrt(var)
+    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, np.inf)
     return mean.astype(np.float32), std.astype(np.float32)

@@ -15,6 +15,8 @@ from pool.config import NetConfig
 
 #: width of the metadata branch.
 META_WIDTH = 16
+#: standardised metadata is clamped to [-META_CLAMP, META_CLAMP].
+META_CLAMP = 5.0
 
 
 class InputNorm(nn.Module):
@@ -40,7 +42,10 @@ class InputNorm(nn.Module):
         return (x - self.x_mean) / self.x_std
 
     def meta(self, meta: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num((meta - self.m_mean) / self.m_std, nan=0.0)
+        """Standardised metadata, clamped to +-:data:`META_CLAMP` (values far outside the
+        training range, e.g. another camera's file sizes, must not saturate the net)."""
+        z = torch.nan_to_num((meta - self.m_mean) / self.m_std, nan=0.0)
+        return z.clamp(-META_CLAMP, META_CLAMP)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -55,3 +55,20 @@ def test_clip_statistics_match_numpy() -> None:
             np.testing.assert_allclose(stats[i, c, : len(STATISTICS)], expected, rtol=1e-5)
             hist = np.histogram(p, bins=bins, range=(0.0, 1.0))[0] / lengths[i]
             np.testing.assert_allclose(stats[i, c, len(STATISTICS) :], hist, rtol=1e-6)
+
+
+def test_metadata_outside_the_training_range_does_not_saturate() -> None:
+    """A field constant in training (one camera resolution) reads 0 on any new value, and
+    other fields are clamped: a 720-px clip after 160-px training clips stays in range."""
+    from pool.data import meta_moments
+    from pool.nets import META_CLAMP, InputNorm
+
+    rng = np.random.default_rng(0)
+    meta = np.column_stack([np.full(50, 160.0), rng.normal(10.0, 1.0, 50)]).astype(np.float32)
+    mean, std = meta_moments(meta, np.arange(50))
+    assert np.isinf(std[0]) and np.isfinite(std[1])
+    norm = InputNorm(4, 2)
+    norm.set_statistics(np.zeros(4), np.ones(4), mean, std)
+    z = norm.meta(torch.tensor([[720.0, 10.0], [160.0, 1e6], [720.0, float("nan")]]))
+    assert z[:, 0].abs().max() == 0
+    assert z[0, 1].abs() < 1 and z[1, 1] == META_CLAMP and z[2, 1] == 0
