@@ -185,7 +185,7 @@ def _rows(
         for k, name in enumerate(classes):
             present = (values[:, k] >= threshold).astype(float)
             table[f"{name}_present"] = np.where(have, present, np.nan)
-    is_partial = partial.reindex(ids).fillna(False).to_numpy(dtype=bool)
+    is_partial = partial.astype(bool).reindex(ids, fill_value=False).to_numpy(dtype=bool)
     table["status"] = np.where(have, np.where(is_partial, "partial", "ok"), "failed")
     table["error"] = [
         "" if h else failed.get(cid, "no features were produced for this clip")
