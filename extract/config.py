@@ -13,6 +13,18 @@ from extract.backbones import DEFAULT_BACKBONE
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
+def check_device(value: str) -> str:
+    """Validate a device setting: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the pydantic
+    ``device`` validator of every config).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
 class ConfigError(ValueError):
     """A configuration file or option is invalid; the message says which and why."""
 
@@ -49,12 +61,7 @@ class FeaturesConfig(BaseModel):
         300.0, gt=0, description="seconds before a clip's decode is abandoned"
     )
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _device = field_validator("device")(check_device)
 
 
 def read_settings(

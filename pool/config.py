@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from extract.config import read_settings
+from extract.config import check_device, read_settings
 
 ModelName = Literal["attention", "gru", "pool", "histogram"]
 #: every level-1 model, in the order they are trained and reported.
@@ -166,12 +166,7 @@ class Level1Config(BaseModel):
             raise ValueError("a metadata field is listed twice")
         return value
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _device = field_validator("device")(check_device)
 
     @model_validator(mode="after")
     def _grouping(self) -> Level1Config:

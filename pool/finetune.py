@@ -94,7 +94,7 @@ from extract.backbones import (
     reset_head,
     save_checkpoint,
 )
-from extract.config import read_settings
+from extract.config import check_device, read_settings
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 from extract.decode import decode_clip
 from extract.discover import Clip, DiscoveryError, discover
@@ -158,12 +158,7 @@ class FinetuneConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads of torch")
     workers: int = Field(2, ge=0, le=64, description="decoder processes (0: in-process)")
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _device = field_validator("device")(check_device)
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneConfig:

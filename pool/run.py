@@ -199,19 +199,20 @@ def _folds_from_table(data: Level1Data, path: Path, table: pd.DataFrame) -> np.n
     return rows["fold"].to_numpy(dtype=np.int64)
 
 
-def _open_fold_stores(config: Level1Config, k: int) -> None:
-    """Check every fold's stores before anything is trained (exist, layers, same clips)."""
-    reference = None
-    for fold in range(k):
-        stores = open_stores(config.for_fold(fold).features)
-        ids = [sorted(store.ids) for store in stores]
-        if reference is None:
-            reference = ids
-        elif ids != reference:
+def _open_fold_stores(config: Level1Config, k: int) -> list[list[FeatureStore]]:
+    """Every fold's opened stores (the same list for each fold without per-fold stores),
+    checked before anything is trained: they exist, have the layers, hold the same clips."""
+    if not config.per_fold:
+        return [open_stores(config.features)] * k
+    per_fold = [open_stores(config.for_fold(fold).features) for fold in range(k)]
+    reference = [sorted(store.ids) for store in per_fold[0]]
+    for fold, stores in enumerate(per_fold):
+        if [sorted(store.ids) for store in stores] != reference:
             raise Level1Error(
                 f"the stores of fold {fold} do not hold the same clips as fold 0's; extract "
                 "every fold's store from the same videos"
             )
+    return per_fold
 
 
 @contextlib.contextmanager
@@ -264,10 +265,8 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     else:
         k = config.folds or DEFAULT_FOLDS
     config = config.model_copy(update={"folds": k})
-    if config.per_fold:
-        _open_fold_stores(config, k)
-    first = config.for_fold(0)
-    data = load_training_data(first, open_stores(first.features))
+    stores = _open_fold_stores(config, k)
+    data = load_training_data(config.for_fold(0), stores[0])
     if reused is not None:
         folds = _folds_from_table(data, *reused)
         log.info("reusing the %d folds of %s", k, reused[0])
@@ -280,7 +279,7 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     (run / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
     (run / "classes.json").write_text(json.dumps(classes, indent=1) + "\n", encoding="utf-8")
     inputs = {
-        "stores": _store_layout(config, data.block.layout, k),
+        "stores": _store_layout(config, data.block.layout, stores),
         "meta_fields": config.meta_fields,
         "clips": n,
     }
@@ -306,7 +305,7 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     with torch_threads(config.threads):
         for fold, (fit_rows, val_rows, held) in enumerate(splits):
             if config.per_fold and fold > 0:
-                data = _fold_data(config.for_fold(fold), ids, targets, groups)
+                data = _fold_data(config.for_fold(fold), stores[fold], ids, targets, groups)
             for name in config.models:
                 model = fit_fold_model(
                     name,
@@ -347,10 +346,14 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
 
 
 def _fold_data(
-    config: Level1Config, ids: list[str], targets: np.ndarray, groups: np.ndarray | None
+    config: Level1Config,
+    stores: list[FeatureStore],
+    ids: list[str],
+    targets: np.ndarray,
+    groups: np.ndarray | None,
 ) -> Level1Data:
     """Fold K's data (its own stores), checked to be the same clips and targets as fold 0's."""
-    data = load_training_data(config, open_stores(config.features))
+    data = load_training_data(config, stores)
     if data.block.ids != ids or not np.array_equal(data.targets, targets):
         raise Level1Error(
             f"the stores {[str(s.path) for s in config.features]} do not give the same "
@@ -360,16 +363,17 @@ def _fold_data(
     return data
 
 
-def _store_layout(config: Level1Config, layout: list[dict], k: int) -> list[dict]:
+def _store_layout(
+    config: Level1Config, layout: list[dict], stores: list[list[FeatureStore]]
+) -> list[dict]:
     """``inputs.json``'s per-store entries: fold 0's layout, and for a per-fold store its
-    path pattern and each fold's path and extraction settings."""
+    path pattern and each fold's path and extraction settings (``stores``: per fold)."""
     items = []
-    for source, item in zip(config.features, layout, strict=True):
+    for i, (source, item) in enumerate(zip(config.features, layout, strict=True)):
         if source.per_fold:
-            folds = []
-            for fold in range(k):
-                path = source.for_fold(fold).path
-                folds.append({"path": str(path), "extraction": FeatureStore(path).extraction})
+            folds = [
+                {"path": str(fold[i].path), "extraction": fold[i].extraction} for fold in stores
+            ]
             item = item | {"path": str(source.path), "per_fold": folds}
         items.append(item)
     return items

@@ -17,7 +17,7 @@ import pytest
 
 from extract.config import FeaturesConfig
 from extract.pipeline import extract_features
-from pool.config import load_config
+from pool.config import Level1Config, load_config
 from pool.run import read_oof, train_level1
 from pool.synthetic import SyntheticSpec, write_synthetic_store
 from scripts.make_demo_data import generate_demo
@@ -33,6 +33,22 @@ FAST = {
     "attention": {"epochs": 20, "patience": 5},
     "gru": {"epochs": 20, "patience": 5},
 }
+
+
+def fast_level1(store: Path, labels_csv: Path, run: Path, **extra: object) -> Level1Config:
+    """Quick level-1 settings: pool and histogram, 3 folds, one thread, few epochs."""
+    settings = {
+        "features": [str(store)],
+        "labels": str(labels_csv),
+        "run": str(run),
+        "models": ["pool", "histogram"],
+        "folds": 3,
+        "threads": 1,
+        "device": "cpu",
+        **FAST,
+        **extra,
+    }
+    return load_config(None, settings)
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +67,7 @@ def size_signal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (base / "videos").mkdir()
     labels_csv = base / "videos" / "labels.csv"
     labels.to_csv(labels_csv, index=False)
-    config = load_config(
-        None,
-        {
-            "features": [str(store)],
-            "labels": str(labels_csv),
-            "run": str(base / "run"),
-            "models": ["pool", "histogram"],
-            "folds": 3,
-            "threads": 1,
-            "device": "cpu",
-            **FAST,
-        },
-    )
-    run = train_level1(config)
+    run = train_level1(fast_level1(store, labels_csv, base / "run"))
     train_level2(run, seed=0)
     return run
 
@@ -142,21 +145,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     extract_features(
         labels_csv, store, FeaturesConfig(frames=8, image_size=64, workers=1), show_progress=False
     )
-    config = load_config(
-        None,
-        {
-            "features": [str(store)],
-            "labels": str(labels_csv),
-            "run": str(base / "run"),
-            "models": ["pool", "histogram"],
-            "folds": 3,
-            "group_column": "site",
-            "threads": 1,
-            "device": "cpu",
-            **FAST,
-        },
-    )
-    run = train_level1(config)
+    run = train_level1(fast_level1(store, labels_csv, base / "run", group_column="site"))
     train_level2(run)
     return run, data
 
