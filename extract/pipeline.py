@@ -15,41 +15,41 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from extract.assemble import (
+    assemble,
+    extend,
+    extraction_diff,
+    recover,
+    same_extraction,
+)
 from extract.backbones import Backbone, build_backbone
 from extract.config import FeaturesConfig
 from extract.decode import decode_clip, decord_has_cuda
 from extract.discover import Clip, DiscoveryError, discover
 from extract.features import TapExtractor
+from extract.identity import FileIdentity, file_identity, is_unchanged
+from extract.lock import StoreLock
 from extract.probe import DecodeError, probe
 from extract.progress import clip_progress
 from extract.store import (
+    UNKNOWN_IDENTITY,
     ClipFeatures,
     Failure,
     ShardBuffer,
     StoreError,
-    assemble,
-    done_ids,
+    fsync_dir,
+    identity_table,
     read_extraction,
     write_shard,
 )
 
 log = logging.getLogger(__name__)
 
-#: settings that must match for an existing store or shard to be extended.
-IDENTITY_KEYS = (
-    "backbone",
-    "weights_sha256",
-    "layers",
-    "frames",
-    "image_size",
-    "pooling",
-    "precision",
-    "tta",
-)
 _VERSIONED = ("jungle", "torch", "torchvision", "timm", "decord", "av", "h5py", "numpy")
 
 
@@ -93,11 +93,6 @@ def config_from_extraction(extraction: dict, **overrides: object) -> FeaturesCon
     return FeaturesConfig(**(settings | overrides))
 
 
-def same_extraction(a: dict, b: dict) -> bool:
-    """True when two stores' features were made with the same settings."""
-    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
-
-
 def failed_csv_path(out: Path) -> Path:
     """``FEATURES.failed.csv`` beside ``FEATURES.h5``."""
     return out.with_name(out.stem + ".failed.csv")
@@ -108,6 +103,31 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def shard_slice(clips: Sequence[Clip], shard: tuple[int, int]) -> list[Clip]:
+    """The ``I``-th of ``N`` contiguous, deterministic slices of the clip list (``--shard
+    I/N``): merged in order ``0..N-1`` the slices are the whole list in its order."""
+    index, count = shard
+    n = len(clips)
+    return list(clips[index * n // count : (index + 1) * n // count])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)`` with ``0 <= I < N``.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    from extract.config import ConfigError
+
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
 def extract_features(
     source: Path | str,
     out: Path | str,
@@ -116,12 +136,16 @@ def extract_features(
     show_progress: bool = True,
     retry_failed: bool = False,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> ExtractSummary:
     """Extract features of every clip of ``source`` into the store ``out``.
 
-    Resumable: clips already in ``out`` or in the shards of an interrupted run are skipped,
-    so running the same command again finishes the work, and running it on a folder that
-    gained clips adds only those.
+    Resumable: clips already in ``out`` or in the shards of an interrupted run are skipped
+    when their file is unchanged (same size and time, else same fingerprint), so running
+    the same command again finishes the work, and running it on a folder that gained clips
+    adds only those; a changed file is extracted again and its row replaced. The store is
+    extended in place (existing features are not rewritten). One run at a time writes a
+    store (a lock file beside it).
 
     Args:
         source: a directory (searched recursively) or a CSV manifest with ``filepath``.
@@ -129,16 +153,23 @@ def extract_features(
         config: extraction settings.
         show_progress: draw a progress bar.
         retry_failed: process clips that failed in an earlier run again.
-        overwrite: discard an existing store or shards made with other settings.
+        overwrite: discard an existing store or shards made with other settings or from
+            another source folder.
+        shard: ``(I, N)``: process only the I-th of N slices of the clip list.
 
     Raises:
-        DiscoveryError, BackboneError, StoreError: with a message for the user.
+        DiscoveryError, BackboneError, StoreError (LockError): with a message for the user.
     """
     started = time.perf_counter()
     out = Path(out).absolute()
     root, clips = discover(source)
     if not clips:
         raise DiscoveryError(f"{source}: no video files found (looked for {_ext_list()})")
+    if shard is not None:
+        clips = shard_slice(clips, shard)
+        log.info("shard %d/%d: %d clips", *shard, len(clips))
+    if not out.parent.is_dir():
+        raise StoreError(f"{out.parent}: no such folder for --out")
     device = _resolve_device(config.device)
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size
@@ -148,47 +179,82 @@ def extract_features(
         "config": config.model_dump(),
         "versions": _versions(),
         "source": str(root),
+        "shard": f"{shard[0]}/{shard[1]}" if shard else "",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     parts = parts_dir(out)
-    sources = _existing_sources(out, parts, extraction, overwrite)
-    done_ok: set[str] = set()
-    done_failed: set[str] = set()
-    for path in sources:
-        ok_ids, failed_ids = done_ids(path)
-        done_ok |= ok_ids
-        done_failed = (done_failed - ok_ids) | failed_ids
-    done = done_ok | (set() if retry_failed else done_failed)
-    todo = [c for c in clips if c.clip_id not in done]
-    log.info(
-        "%d clips found in %s; %d already done, %d to process",
-        len(clips),
-        root,
-        len(clips) - len(todo),
-        len(todo),
-    )
-    processed = 0
-    loop_started = time.perf_counter()
-    if todo:
-        parts.mkdir(parents=True, exist_ok=True)
-        _decode_device_note(device)
-        processed = _process(
-            todo, backbone, config, device, image_size, parts, attrs, show_progress
+    with StoreLock(out):
+        sources = _existing_sources(out, parts, extraction, str(root), overwrite)
+        todo, touched = _plan(clips, _known(sources), retry_failed)
+        log.info(
+            "%d clips found in %s; %d already done, %d to process",
+            len(clips),
+            root,
+            len(clips) - len(todo),
+            len(todo),
         )
-    loop_seconds = time.perf_counter() - loop_started
-    shards = sorted(parts.glob("shard-*.h5")) if parts.exists() else []
-    if todo or shards or not out.exists():
-        assemble(
-            out,
-            [*([out] if out.exists() else []), *shards],
-            [c.clip_id for c in clips],
-            extraction["layers"],
-            attrs,
-        )
-        shutil.rmtree(parts, ignore_errors=True)
-    summary = _summarise(out, len(clips), len(clips) - len(todo), processed, loop_seconds)
+        processed = 0
+        loop_started = time.perf_counter()
+        if todo:
+            parts.mkdir(parents=True, exist_ok=True)
+            _decode_device_note(device)
+            processed = _process(
+                todo, backbone, config, device, image_size, parts, attrs, show_progress
+            )
+        loop_seconds = time.perf_counter() - loop_started
+        shards = sorted(parts.glob("shard-*.h5")) if parts.exists() else []
+        if not out.exists():
+            assemble(out, shards, attrs)
+        elif shards or touched:
+            extend(out, shards, touched)
+        if parts.exists():
+            shutil.rmtree(parts, ignore_errors=True)
+            fsync_dir(out.parent)
+        summary = _summarise(out, len(clips), len(clips) - len(todo), processed, loop_seconds)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _known(sources: Sequence[Path]) -> dict[str, tuple[FileIdentity, bool]]:
+    """Clip id → (file identity when processed, succeeded?), over the store and shards
+    (a later source wins)."""
+    known: dict[str, tuple[FileIdentity, bool]] = {}
+    for path in sources:
+        with h5py.File(path, "r") as f:
+            for group, ok in (("clips", True), ("failed", False)):
+                table = identity_table(f, group)
+                rows = zip(
+                    table["id"], table["size"], table["mtime_ns"], table["fingerprint"], strict=True
+                )
+                for cid, size, mtime, fp in rows:
+                    known[cid] = (FileIdentity(int(size), int(mtime), fp), ok)
+    return known
+
+
+def _plan(
+    clips: Sequence[Clip], known: dict[str, tuple[FileIdentity, bool]], retry_failed: bool
+) -> tuple[list[Clip], dict[str, int]]:
+    """The clips to process, and the new modification times of copied (same content) files.
+
+    A known clip is done when its file is unchanged (:func:`extract.identity.is_unchanged`);
+    a changed one is processed again (its row is replaced), failed ones with ``retry_failed``.
+    """
+    todo: list[Clip] = []
+    touched: dict[str, int] = {}
+    for clip in clips:
+        seen = known.get(clip.clip_id)
+        if seen is None or (retry_failed and not seen[1]):
+            todo.append(clip)
+            continue
+        same, time_only = is_unchanged(clip.path, seen[0])
+        if not same:
+            log.info("%s changed since it was processed: processing it again", clip.clip_id)
+            todo.append(clip)
+        elif time_only:
+            touched[clip.clip_id] = clip.path.stat().st_mtime_ns
+    if touched:
+        log.info("%d files have new times but the same content (copied): kept", len(touched))
+    return todo, touched
 
 
 def _ext_list() -> str:
@@ -242,34 +308,56 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _existing_sources(out: Path, parts: Path, extraction: dict, overwrite: bool) -> list[Path]:
-    """The store and shards an earlier run left, checked against this run's settings."""
-    sources = [out] if out.exists() else []
-    sources += sorted(parts.glob("shard-*.h5")) if parts.exists() else []
+def _existing_sources(
+    out: Path, parts: Path, extraction: dict, root: str, overwrite: bool
+) -> list[Path]:
+    """The store and shards an earlier run left (the caller holds the lock), checked
+    against this run's settings and source folder; an interrupted extension is undone."""
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a killed assembly's output
     for tmp in parts.glob("*.tmp") if parts.exists() else []:
         tmp.unlink()  # a shard being written when the process died
+    if out.exists():
+        recover(out)
+    sources = [out] if out.exists() else []
+    sources += sorted(parts.glob("shard-*.h5")) if parts.exists() else []
     keep = []
     for path in sources:
         try:
             theirs = read_extraction(path)
-            same = same_extraction(theirs, extraction)
-        except StoreError:
+            with h5py.File(path, "r") as f:
+                their_root = str(f.attrs.get("source", ""))
+                version = int(f.attrs.get("format_version", 1))
+        except (StoreError, OSError):
             if path != out:  # an unreadable shard is only lost work
                 log.warning("ignoring unreadable shard %s", path)
                 path.unlink()
                 continue
             raise
-        if same:
+        problem = None
+        if not same_extraction(theirs, extraction):
+            problem = (
+                f"{path} was made with other settings {extraction_diff(theirs, extraction)}; "
+                "use another --out, or --overwrite to replace it"
+            )
+        elif their_root != root:
+            problem = (
+                f"{path.name} was made from the clips in {their_root}, not {root}: files with "
+                "the same relative name in the two folders would be mixed up. Use a separate "
+                "--out for this folder, or run on a folder that contains both (e.g. "
+                f"{os.path.commonpath([their_root, root])}) so that their ids differ"
+            )
+        elif version < 2:
+            problem = (
+                f"{path} was made by an older jungle without file identities; "
+                "use --overwrite to extract it again, or another --out"
+            )
+        if problem is None:
             keep.append(path)
         elif overwrite:
-            log.warning("--overwrite: discarding %s (made with other settings)", path)
+            log.warning("--overwrite: discarding %s", path)
             path.unlink()
         else:
-            diff = {k: theirs.get(k) for k in IDENTITY_KEYS if theirs.get(k) != extraction[k]}
-            raise StoreError(
-                f"{path} was made with other settings {diff}; use another --out, "
-                "or --overwrite to replace it"
-            )
+            raise StoreError(problem)
     return keep
 
 
@@ -387,10 +475,11 @@ def _process(
     with clip_progress(len(todo), enabled=show_progress) as advance:
         try:
             for clip, item in _decoded(todo, config, image_size, device):
+                item["identity"] = _identity(clip.path)
                 if item["ok"]:
                     finished = batcher.add(clip, item)
                 else:
-                    buffer.failed.append(Failure(clip.clip_id, item["reason"]))
+                    buffer.failed.append(Failure(clip.clip_id, item["reason"], item["identity"]))
                     advance(1)
                     finished = []
                 buffer.ok.extend(finished)
@@ -479,14 +568,21 @@ class FrameBatcher:
             frame_index=np.asarray(item["frame_index"]),
             mask=np.asarray(item["mask"]),
             features=features,
+            identity=item["identity"],
         )
+
+
+def _identity(path: Path) -> FileIdentity:
+    """The identity of a clip's file as processed (unknown when unreadable: retried later)."""
+    try:
+        return file_identity(path)
+    except OSError:
+        return UNKNOWN_IDENTITY
 
 
 def _summarise(
     out: Path, total: int, already: int, processed: int, loop_seconds: float
 ) -> ExtractSummary:
-    import h5py
-
     with h5py.File(out, "r") as f:
         ok = len(f["clips/id"])
         partial = int(np.sum(f["meta/partial"][()]))

@@ -1,29 +1,29 @@
-"""The HDF5 feature store: layout, crash-safe shard writing, assembly and reading.
+"""The HDF5 feature store: layout, crash-safe shard writing and streaming reads.
 
-Layout of ``FEATURES.h5`` (N clips that succeeded, T frames, documented in docs/store.md)::
+Layout of ``FEATURES.h5`` (N clips that succeeded, M that failed, T frames; every dataset
+chunked and extendable along its first axis; documented in docs/store.md)::
 
-    attrs: format="jungle-features", format_version, extraction (JSON: backbone, weights,
-           weights_sha256, layers, frames, image_size, pooling), config (JSON), versions
-           (JSON: package versions), created
+    attrs: format="jungle-features", format_version=2, extraction (JSON: backbone, weights,
+           weights_sha256, layers, frames, image_size, pooling, ...), config (JSON), versions
+           (JSON), source (the folder clip ids are relative to), shard ("I/N" or ""), created
     clips/id            (N,)      str    path relative to the source root ('/' separators)
     clips/path          (N,)      str    absolute path at extraction time
+    clips/size, clips/mtime_ns, clips/fingerprint   the file's identity (extract.identity)
     clips/frame_index   (N, T)    int32  source frame index of each slot
     clips/mask          (N, T)    bool   True for real frames, False for padding
     meta/<field>        (N,)      one dataset per field of :data:`META_FIELDS`
     features/<layer>    (N, T, C) float16, one dataset per tapped layer
-    failed/id, failed/reason  (M,) str
+    failed/id, failed/reason, failed/size, failed/mtime_ns, failed/fingerprint   (M,)
 
-Crash safety: results are written in small *shard* files under ``FEATURES.h5.parts/``, each
-written to a temporary name, closed, then renamed (an atomic step), so a kill at any moment
-leaves only complete shards. When every clip is done the shards (and the previous store, if
-any) are assembled into ``FEATURES.h5.tmp``, which is renamed over ``FEATURES.h5``.
+Rows are in the order clips were added. Writing (shards, assembly, extension, merging) is in
+:mod:`extract.assemble`; crash safety is described there and in docs/store.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +31,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from extract.identity import FileIdentity
+
 FORMAT = "jungle-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STR = h5py.string_dtype("utf-8")
 
 #: metadata fields stored per clip, with their HDF5 dtype.
@@ -49,10 +51,17 @@ META_FIELDS: dict[str, object] = {
     "decoder": STR,
     "partial": np.bool_,
 }
+#: identity columns of every stored and failed clip (see :mod:`extract.identity`).
+IDENTITY_FIELDS: dict[str, object] = {"size": np.int64, "mtime_ns": np.int64, "fingerprint": STR}
+#: bytes read at once by streaming reads (a block of rows of every requested layer).
+READ_BYTES = 64 << 20
 
 
 class StoreError(RuntimeError):
     """A feature store cannot be read or extended (wrong format, other settings...)."""
+
+
+UNKNOWN_IDENTITY = FileIdentity(-1, 0, "")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class ClipFeatures:
     frame_index: np.ndarray  # (T,) int
     mask: np.ndarray  # (T,) bool
     features: dict[str, np.ndarray]  # layer -> (T, C) float16
+    identity: FileIdentity = UNKNOWN_IDENTITY
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Failure:
 
     clip_id: str
     reason: str
+    identity: FileIdentity = UNKNOWN_IDENTITY
 
 
 @dataclass
@@ -86,35 +97,38 @@ class ShardBuffer:
         return len(self.ok) + len(self.failed)
 
 
-def write_shard(path: Path, buffer: ShardBuffer, layers: Sequence[str], attrs: dict) -> None:
-    """Write ``buffer`` as a complete store at ``path``, atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        _write_attrs(f, attrs)
-        ok = buffer.ok
-        f.create_dataset("clips/id", data=[c.clip_id for c in ok], dtype=STR)
-        f.create_dataset("clips/path", data=[c.path for c in ok], dtype=STR)
-        t = len(ok[0].mask) if ok else int(attrs["extraction"]["frames"])
-        f.create_dataset(
-            "clips/frame_index",
-            data=np.array([c.frame_index for c in ok], dtype=np.int32).reshape(len(ok), t),
-        )
-        f.create_dataset(
-            "clips/mask", data=np.array([c.mask for c in ok], dtype=bool).reshape(len(ok), t)
-        )
-        for name, dtype in META_FIELDS.items():
-            f.create_dataset(f"meta/{name}", data=[c.meta[name] for c in ok], dtype=dtype)
-        f.create_group("features")
-        for layer in layers if ok else []:
-            data = np.stack([c.features[layer] for c in ok]).astype(np.float16)
-            f.create_dataset(f"features/{layer}", data=data)
-        f.create_dataset("failed/id", data=[x.clip_id for x in buffer.failed], dtype=STR)
-        f.create_dataset("failed/reason", data=[x.reason for x in buffer.failed], dtype=STR)
-    _fsync(tmp)
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (a rename, a new or removed file) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not supported here (e.g. some network filesystems)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """``tmp`` → ``path`` atomically, durable across a power cut (file, rename, folder)."""
+    fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
-def _write_attrs(f: h5py.File, attrs: dict) -> None:
+def write_attrs(f: h5py.File, attrs: dict) -> None:
+    """Write the file attributes (format first; dicts and lists as JSON)."""
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     for key, value in attrs.items():
@@ -123,22 +137,46 @@ def _write_attrs(f: h5py.File, attrs: dict) -> None:
         )
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_shard(path: Path, buffer: ShardBuffer, layers: Sequence[str], attrs: dict) -> None:
+    """Write ``buffer`` as a complete (small) store at ``path``, atomically and durably."""
+    tmp = path.with_name(path.name + ".tmp")
+    ok, failed = buffer.ok, buffer.failed
+    t = len(ok[0].mask) if ok else int(attrs["extraction"]["frames"])
+    with h5py.File(tmp, "w") as f:
+        write_attrs(f, attrs)
+        f.create_dataset("clips/id", data=[c.clip_id for c in ok], dtype=STR)
+        f.create_dataset("clips/path", data=[c.path for c in ok], dtype=STR)
+        for name, dtype in IDENTITY_FIELDS.items():
+            values = [getattr(c.identity, name) for c in ok]
+            f.create_dataset(f"clips/{name}", data=values, dtype=dtype)
+        frame_index = np.array([c.frame_index for c in ok], dtype=np.int32).reshape(len(ok), t)
+        f.create_dataset("clips/frame_index", data=frame_index)
+        mask = np.array([c.mask for c in ok], dtype=bool).reshape(len(ok), t)
+        f.create_dataset("clips/mask", data=mask)
+        for name, dtype in META_FIELDS.items():
+            f.create_dataset(f"meta/{name}", data=[c.meta[name] for c in ok], dtype=dtype)
+        f.create_group("features")
+        for layer in layers if ok else []:
+            data = np.stack([c.features[layer] for c in ok]).astype(np.float16)
+            f.create_dataset(f"features/{layer}", data=data)
+        f.create_dataset("failed/id", data=[x.clip_id for x in failed], dtype=STR)
+        f.create_dataset("failed/reason", data=[x.reason for x in failed], dtype=STR)
+        for name, dtype in IDENTITY_FIELDS.items():
+            values = [getattr(x.identity, name) for x in failed]
+            f.create_dataset(f"failed/{name}", data=values, dtype=dtype)
+    replace_durably(tmp, path)
 
 
-def _read_ids(f: h5py.File, group: str) -> list[str]:
-    return [s.decode("utf-8") for s in f[f"{group}/id"][()]] if group in f else []
+def read_strings(f: h5py.File, name: str) -> list[str]:
+    """A string dataset as a list of str (empty when absent)."""
+    if name not in f:
+        return []
+    return list(f[name].asstr()[()]) if len(f[name]) else []
 
 
-def done_ids(path: Path) -> tuple[set[str], set[str]]:
-    """Clip ids already in a store or shard: ``(ok ids, failed ids)``."""
-    with h5py.File(path, "r") as f:
-        return set(_read_ids(f, "clips")), set(_read_ids(f, "failed"))
+def extending_path(out: Path) -> Path:
+    """The journal an in-place extension of ``out`` leaves while it runs."""
+    return out.with_name(out.name + ".extending")
 
 
 def read_extraction(path: Path) -> dict:
@@ -152,116 +190,80 @@ def read_extraction(path: Path) -> dict:
         raise StoreError(f"{path} cannot be read as HDF5 ({exc})") from exc
 
 
-def assemble(
-    out: Path,
-    sources: Sequence[Path],
-    order: Sequence[str],
-    layers: Sequence[str],
-    attrs: dict,
-    block: int = 256,
-) -> tuple[int, int]:
-    """Merge stores/shards ``sources`` into ``out`` (atomically), clips in ``order``.
+def identity_table(f: h5py.File, group: str) -> pd.DataFrame:
+    """``id, size, mtime_ns, fingerprint`` of the ``clips`` or ``failed`` rows of an open
+    store (unknown identities read size -1, as in stores of format 1)."""
+    ids = read_strings(f, f"{group}/id")
+    cols: dict[str, object] = {"id": ids}
+    for name, dtype in IDENTITY_FIELDS.items():
+        path = f"{group}/{name}"
+        if path in f and dtype is STR:
+            cols[name] = read_strings(f, path)
+        elif path in f:
+            cols[name] = f[path][()]
+        else:
+            cols[name] = [getattr(UNKNOWN_IDENTITY, name)] * len(ids)
+    return pd.DataFrame(cols)
 
-    A clip present in several sources is taken from the last one. Clips of the sources that
-    ``order`` does not name are appended in their source order (nothing already extracted
-    is dropped). Memory stays bounded: rows are copied ``block`` at a time.
 
-    Returns:
-        ``(clips written, failures written)``.
+def contiguous_runs(rows: np.ndarray, span: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Cover sorted ``rows`` with ranges ``[lo, hi)`` of at most ``span`` rows.
+
+    Yields ``(lo, hi, positions)``: ``positions`` index ``rows`` for the rows in the range.
+    Each range starts at a requested row and ends after the last requested row it holds,
+    so unrequested rows are read only between requested ones.
     """
-    where: dict[str, tuple[int, int]] = {}
-    fail_where: dict[str, str] = {}
-    handles = [h5py.File(p, "r") for p in sources]
-    try:
-        for s, f in enumerate(handles):
-            for row, cid in enumerate(_read_ids(f, "clips")):
-                where[cid] = (s, row)
-                fail_where.pop(cid, None)
-            reasons = [r.decode("utf-8") for r in f["failed/reason"][()]]
-            for cid, reason in zip(_read_ids(f, "failed"), reasons, strict=True):
-                fail_where[cid] = reason
-                where.pop(cid, None)
-        ids = [c for c in order if c in where]
-        ids += [c for c in where if c not in set(ids)]
-        failed = [c for c in order if c in fail_where]
-        failed += [c for c in fail_where if c not in set(failed)]
-        tmp = out.with_name(out.name + ".tmp")
-        with h5py.File(tmp, "w") as dst:
-            _write_attrs(dst, attrs)
-            _copy_rows(handles, dst, ids, where, layers, block)
-            dst.create_dataset("failed/id", data=failed, dtype=STR)
-            dst.create_dataset("failed/reason", data=[fail_where[c] for c in failed], dtype=STR)
-    finally:
-        for f in handles:
-            f.close()
-    _fsync(tmp)
-    os.replace(tmp, out)
-    return len(ids), len(failed)
-
-
-def _copy_rows(
-    handles: list[h5py.File],
-    dst: h5py.File,
-    ids: list[str],
-    where: dict[str, tuple[int, int]],
-    layers: Sequence[str],
-    block: int,
-) -> None:
-    n = len(ids)
-    names = ["clips/id", "clips/path", "clips/frame_index", "clips/mask"]
-    names += [f"meta/{m}" for m in META_FIELDS] + [f"features/{layer}" for layer in layers]
-    ref = next((h for h in handles if "clips/mask" in h and len(h["clips/mask"])), None)
-    if ref is None:  # no clip succeeded: empty datasets of the right kinds
-        t = int(json.loads(dst.attrs["extraction"])["frames"])
-        dst.create_dataset("clips/id", shape=(0,), dtype=STR)
-        dst.create_dataset("clips/path", shape=(0,), dtype=STR)
-        dst.create_dataset("clips/frame_index", shape=(0, t), dtype=np.int32)
-        dst.create_dataset("clips/mask", shape=(0, t), dtype=bool)
-        for name, dtype in META_FIELDS.items():
-            dst.create_dataset(f"meta/{name}", shape=(0,), dtype=dtype)
-        dst.create_group("features")
-        return
-    for name in names:
-        ds = ref[name]
-        chunks = (1, *ds.shape[1:]) if name.startswith("features/") else None
-        dst.create_dataset(name, shape=(n, *ds.shape[1:]), dtype=ds.dtype, chunks=chunks)
-    for start in range(0, n, block):
-        part = ids[start : start + block]
-        src = np.array([where[c] for c in part])
-        for name in names:
-            rows_out = []
-            for s in np.unique(src[:, 0]):
-                sel = np.flatnonzero(src[:, 0] == s)
-                rows = src[sel, 1]
-                perm = np.argsort(rows)
-                data = handles[s][name][rows[perm].tolist()]
-                placed = np.empty_like(data)
-                placed[perm] = data
-                rows_out.append((sel, placed))
-            first = rows_out[0][1]
-            buf = np.empty((len(part), *first.shape[1:]), dtype=first.dtype)
-            for sel, data in rows_out:
-                buf[sel] = data
-            dst[name][start : start + len(part)] = buf
+    i, n = 0, len(rows)
+    while i < n:
+        lo = int(rows[i])
+        j = int(np.searchsorted(rows, lo + span, side="left"))
+        yield lo, int(rows[j - 1]) + 1, np.arange(i, j)
+        i = j
 
 
 class FeatureStore:
     """Read access to a finished feature store (the file stays closed between calls).
 
+    Feature reads are streaming: contiguous row ranges of at most :data:`READ_BYTES` are
+    read and the requested rows selected in memory (no per-row fancy indexing), so reading
+    any subset costs at most the bytes between its first and last row, chunk by chunk.
+
     >>> store = FeatureStore("features.h5")          # doctest: +SKIP
     >>> x = store.features(["blocks.6", "features"])   # (N, T, 320 + 1280) float16
+    >>> for rows, x in store.iter_features(["features"]):  # doctest: +SKIP
+    ...     ...  # blocks of clips in store order
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        if extending_path(self.path).exists():
+            raise StoreError(
+                f"{self.path} was being extended by a run that did not finish; run the same "
+                "`jungle features` command again to repair it before reading it"
+            )
         self.extraction = read_extraction(self.path)
         with h5py.File(self.path, "r") as f:
-            self.ids: list[str] = _read_ids(f, "clips")
+            self.ids: list[str] = read_strings(f, "clips/id")
             self.layers: list[str] = list(self.extraction["layers"])
             self.attrs: dict[str, object] = {k: f.attrs[k] for k in f.attrs}
+            self.widths: dict[str, int] = {
+                name: int(f[f"features/{name}"].shape[2])
+                for name in self.layers
+                if f"features/{name}" in f
+            }
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def source(self) -> str:
+        """The folder (or CSV's folder) the clip ids are relative to."""
+        return str(self.attrs.get("source", ""))
+
+    @property
+    def format_version(self) -> int:
+        """1 for stores without file identities, 2 since."""
+        return int(self.attrs.get("format_version", 1))
 
     def mask(self) -> np.ndarray:
         """``(N, T)`` bool, True for real frames."""
@@ -276,51 +278,76 @@ class FeatureStore:
     def paths(self) -> list[str]:
         """Absolute paths of the clips at extraction time."""
         with h5py.File(self.path, "r") as f:
-            return [s.decode("utf-8") for s in f["clips/path"][()]]
+            return read_strings(f, "clips/path")
+
+    def identities(self) -> pd.DataFrame:
+        """``id, size, mtime_ns, fingerprint`` of every stored clip, in store order."""
+        with h5py.File(self.path, "r") as f:
+            return identity_table(f, "clips")
 
     def meta(self) -> pd.DataFrame:
         """The metadata table, one row per clip, indexed by clip id."""
         with h5py.File(self.path, "r") as f:
             cols = {}
             for name in META_FIELDS:
-                data = f[f"meta/{name}"][()]
-                cols[name] = [v.decode("utf-8") for v in data] if data.dtype == object else data
+                ds = f[f"meta/{name}"]
+                cols[name] = read_strings(f, f"meta/{name}") if ds.dtype == object else ds[()]
         return pd.DataFrame(cols, index=pd.Index(self.ids, name="id"))
+
+    def _datasets(self, f: h5py.File, layers: list[str]) -> list[h5py.Dataset]:
+        unknown = [name for name in layers if name not in self.layers]
+        if unknown:
+            raise StoreError(f"{self.path}: no layer {unknown}; layers are {self.layers}")
+        return [f[f"features/{name}"] for name in layers]
+
+    def _span(self, dsets: list[h5py.Dataset]) -> int:
+        """Rows per read so that one read of every layer stays under :data:`READ_BYTES`."""
+        row = sum(int(np.prod(d.shape[1:])) * d.dtype.itemsize for d in dsets)
+        return max(1, READ_BYTES // max(row, 1))
 
     def features(
         self, layers: Iterable[str] | None = None, rows: Sequence[int] | np.ndarray | None = None
     ) -> np.ndarray:
-        """``(N, T, C)`` float16 features of ``layers`` (default all), concatenated along C.
+        """``(n, T, C)`` float16 features of ``layers`` (default all), concatenated along C.
 
-        ``rows`` selects clips (any order); the result is allocated once.
+        ``rows`` selects clips (any order, duplicates allowed); the result is allocated
+        once and filled by streaming reads.
         """
         layers = list(layers or self.layers)
-        unknown = [name for name in layers if name not in self.layers]
-        if unknown:
-            raise StoreError(f"{self.path}: no layer {unknown}; layers are {self.layers}")
+        rows_arr = np.arange(len(self.ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(rows_arr) and (rows_arr.min() < 0 or rows_arr.max() >= len(self.ids)):
+            raise StoreError(f"{self.path}: row out of range (the store has {len(self)} clips)")
         with h5py.File(self.path, "r") as f:
-            dsets = [f[f"features/{name}"] for name in layers]
-            n = len(self.ids) if rows is None else len(rows)
+            dsets = self._datasets(f, layers)
             t = dsets[0].shape[1] if dsets else 0
-            out = np.empty((n, t, sum(d.shape[2] for d in dsets)), dtype=np.float16)
-            col = 0
-            for d in dsets:
-                width = d.shape[2]
-                if rows is None:
-                    d.read_direct(out, dest_sel=np.s_[:, :, col : col + width])
-                else:
-                    rows_arr = np.asarray(rows)
-                    perm = np.argsort(rows_arr)
-                    out[perm, :, col : col + width] = d[rows_arr[perm].tolist()]
-                col += width
+            out = np.empty((len(rows_arr), t, sum(d.shape[2] for d in dsets)), dtype=np.float16)
+            order = np.argsort(rows_arr, kind="stable")
+            sorted_rows = rows_arr[order]
+            for lo, hi, pos in contiguous_runs(sorted_rows, self._span(dsets)):
+                col = 0
+                for d in dsets:
+                    block = d[lo:hi]
+                    out[order[pos], :, col : col + d.shape[2]] = block[sorted_rows[pos] - lo]
+                    col += d.shape[2]
         return out
+
+    def iter_features(
+        self, layers: Iterable[str] | None = None, rows: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(rows, x)`` blocks of at most :data:`READ_BYTES`: ``rows`` are sorted
+        store rows (all, or those of ``rows``), ``x`` their ``(n, T, C)`` features."""
+        layers = list(layers or self.layers)
+        wanted = np.arange(len(self.ids)) if rows is None else np.unique(np.asarray(rows))
+        with h5py.File(self.path, "r") as f:
+            dsets = self._datasets(f, layers)
+            for lo, hi, pos in contiguous_runs(wanted, self._span(dsets)):
+                picked = wanted[pos] - lo
+                x = np.concatenate([d[lo:hi][picked] for d in dsets], axis=2)
+                yield wanted[pos], x.astype(np.float16, copy=False)
 
     def failed(self) -> pd.DataFrame:
         """Clips that could not be used: columns ``id``, ``reason``."""
         with h5py.File(self.path, "r") as f:
             return pd.DataFrame(
-                {
-                    "id": _read_ids(f, "failed"),
-                    "reason": [r.decode("utf-8") for r in f["failed/reason"][()]],
-                }
+                {"id": read_strings(f, "failed/id"), "reason": read_strings(f, "failed/reason")}
             )

@@ -59,7 +59,9 @@ def features(
     image_size: Annotated[
         int | None, typer.Option(help="Frame side in pixels \\[default: the backbone's].")
     ] = None,
-    pooling: Annotated[str | None, typer.Option(help="avg | max | avgmax \\[default: avg].")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="avg | max | avgmax \\[default: avg].")
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
@@ -75,6 +77,13 @@ def features(
         str | None,
         typer.Option(
             help="none | hflip: average features of frames and their mirror images \\[default: none]."
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: process only the I-th of N slices of the clip list (job arrays); "
+            "join the N stores with `jungle merge`."
         ),
     ] = None,
     retry_failed: Annotated[
@@ -96,7 +105,7 @@ def features(
     from extract.backbones import BackboneError
     from extract.config import ConfigError, load_config
     from extract.discover import DiscoveryError
-    from extract.pipeline import extract_features
+    from extract.pipeline import extract_features, parse_shard
     from extract.store import StoreError
 
     overrides = {
@@ -117,7 +126,13 @@ def features(
     try:
         cfg = load_config(config, overrides)
         summary = extract_features(
-            videos, out, cfg, show_progress=progress, retry_failed=retry_failed, overwrite=overwrite
+            videos,
+            out,
+            cfg,
+            show_progress=progress,
+            retry_failed=retry_failed,
+            overwrite=overwrite,
+            shard=parse_shard(shard) if shard else None,
         )
     except (ConfigError, DiscoveryError, BackboneError, StoreError) as exc:
         raise fail(err, str(exc)) from None
@@ -136,6 +151,35 @@ def features(
     )
     if summary.ok == 0:
         raise typer.Exit(1)
+
+
+@app.command()
+def merge(
+    stores: Annotated[list[Path], typer.Argument(help="Feature stores to merge (two or more).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to write (new).")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Merge feature stores made with the same settings from the same folder (e.g. the
+    `--shard I/N` slices of one survey) into one new store. A clip in two stores with
+    different file contents is an error."""
+    setup_logging(err, verbose)
+    from extract.assemble import merge_stores
+    from extract.lock import StoreLock
+    from extract.store import StoreError
+
+    try:
+        with StoreLock(out.absolute()):
+            n_ok, n_failed = merge_stores(stores, out)
+    except StoreError as exc:
+        raise fail(err, str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was written.")
+        raise typer.Exit(130) from None
+    err.print(
+        f"[bold green]done[/]: {n_ok} clips and {n_failed} failed rows in {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _register() -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract.store import ClipFeatures, Failure, ShardBuffer, assemble, write_shard
+from extract.assemble import assemble
+from extract.store import ClipFeatures, Failure, ShardBuffer, write_shard
 from pool.labels import BLANK
 
 SPECIES: tuple[str, ...] = ("chimpanzee", "duiker", "elephant", "hog", "leopard", "monkey")
@@ -136,7 +137,7 @@ def write_synthetic_store(
             shard = parts / f"shard_{begin // shard_clips:05d}.h5"
             write_shard(shard, buffer, layer_names, attrs)
             shards.append(shard)
-        assemble(path, shards, ids, layer_names, attrs)
+        assemble(path, shards, attrs)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     names = [";".join(spec.species[s] for s in species) if species else BLANK for species in labels]

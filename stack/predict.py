@@ -5,8 +5,11 @@ checkpoint, layers, frames, image size, pooling, precision, TTA: read from the r
 re-typed). Where the run was trained on one store per fold (backbones fine-tuned per fold),
 the clips are extracted once per fold's checkpoint and fold K's level-1 models read fold
 K's features. The features are cached in ``OUT.features/`` beside the CSV, so a re-run, or a
-run killed midway, resumes and skips finished clips; the CSV is written at the end through
-a temporary file and a rename.
+run killed midway, resumes and skips finished clips; the cache follows the feature store's
+rules (a changed file is extracted again; a cache made from another folder is refused, so
+two cards with the same file names are never mixed), and levels 1 and 2 score only the
+clips of the current input. The CSV is written at the end through a temporary file and a
+rename.
 
 Output columns, one row per input clip in input order: ``filepath`` (the clip id: path
 relative to the folder or CSV given), one probability column per class (training order),
@@ -28,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from extract.discover import discover
-from extract.pipeline import config_from_extraction, extract_features, same_extraction
+from extract.assemble import same_extraction
+from extract.pipeline import config_from_extraction, extract_features
 from extract.store import FeatureStore, read_extraction
 from pool.run import predict_level1
 from stack.train import Level2Error, load_level2, predict_level2
@@ -102,8 +106,9 @@ def predict(
             made.append(path)
             stores.append(str(path))
     first = FeatureStore(made[0])
+    current = {c.clip_id for c in clips}  # the cache may hold clips no longer in the input
     failed = _failures(made)
-    ok_ids = [c for c in first.ids if c not in failed]
+    ok_ids = [c for c in first.ids if c in current and c not in failed]
     probs = pd.DataFrame(columns=classes, dtype=np.float64)
     if ok_ids:
         level1 = predict_level1(run, stores, models=info["level1_models"], device=device)

@@ -191,8 +191,8 @@ def test_new_clips_are_added_and_old_ones_kept(
     summary = extract_features(videos, out, small_config, show_progress=False)
     assert (summary.processed, summary.already_done, summary.ok) == (2, 2, 4)
     store = FeatureStore(out)
-    assert store.ids == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
-    np.testing.assert_array_equal(store.features(rows=[1, 3]), before)
+    assert store.ids == ["b.mp4", "d.mp4", "a.mp4", "c.mp4"]  # rows in the order added
+    np.testing.assert_array_equal(store.features(rows=[0, 1]), before)
     nothing = extract_features(videos, out, small_config, show_progress=False)
     assert nothing.processed == 0 and FeatureStore(out).ids == store.ids
 

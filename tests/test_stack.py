@@ -229,6 +229,38 @@ def test_predict_killed_and_rerun_gives_the_same_csv(
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(reference))
 
 
+def test_predict_never_mixes_two_cards_and_scores_only_the_input(
+    demo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, data = demo_run
+    clips = sorted((data / "siteA").glob("*.mp4"))[:3]
+    card_a, card_b = tmp_path / "cardA", tmp_path / "cardB"
+    card_a.mkdir()
+    card_b.mkdir()
+    for i, clip in enumerate(clips[:2]):
+        os.symlink(clip, card_a / f"IMAG000{i}.mp4")
+    os.symlink(clips[2], card_b / "IMAG0000.mp4")  # same name, other footage
+    out = tmp_path / "pred.csv"
+    predict(card_a, run, out, show_progress=False)
+    first = pd.read_csv(out)
+    cmd = [sys.executable, "-m", "jungle", "predict", str(card_b), "--run", str(run)]
+    refused = subprocess.run(
+        [*cmd, "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "was made from the clips in" in refused.stderr and "Traceback" not in refused.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out), first)
+    own = tmp_path / "pred_b.csv"
+    predict(card_b, run, own, show_progress=False)
+    b_probs = pd.read_csv(own).iloc[0, 1:-4].to_numpy(dtype=float)
+    assert not np.allclose(b_probs, first.iloc[0, 1:-4].to_numpy(dtype=float))
+    (card_a / "IMAG0001.mp4").unlink()  # the cache still holds it; the output must not
+    predict(card_a, run, out, show_progress=False)
+    again = pd.read_csv(out)
+    assert again["filepath"].tolist() == ["IMAG0000.mp4"]
+    pd.testing.assert_frame_equal(again, first.iloc[:1])
+
+
 def test_evaluate_scores_predictions_against_labels(
     demo_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
