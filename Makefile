@@ -10,14 +10,16 @@ FEATURES ?= features.h5
 LABELS ?= labels.csv
 RUN ?= runs/level1
 OUT ?= predictions.csv
+STORES ?=
 
-.PHONY: help install test lint features train-level1 train-level2 predict demo demo-finetune bench
+.PHONY: help install test lint features merge train-level1 train-level2 predict demo demo-finetune bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
 	@echo "make test      run the test suite"
 	@echo "make lint      ruff check"
 	@echo "make features  VIDEOS=folder-or-csv FEATURES=out.h5: extract CNN features"
+	@echo "make merge     STORES=\"a.h5 b.h5\" FEATURES=out.h5: merge stores (e.g. --shard slices)"
 	@echo "make train-level1 FEATURES=f.h5 LABELS=labels.csv RUN=runs/NAME: level-1 models"
 	@echo "make train-level2 RUN=runs/NAME: level-2 stacker"
 	@echo "make predict VIDEOS=folder RUN=runs/NAME OUT=predictions.csv: batch prediction"
@@ -39,6 +41,9 @@ lint:
 features:
 	$(JUNGLE) features $(VIDEOS) --out $(FEATURES)
 
+merge:
+	$(JUNGLE) merge $(STORES) --out $(FEATURES)
+
 train-level1:
 	$(JUNGLE) train-level1 --features $(FEATURES) --labels $(LABELS) --run $(RUN)
 
@@ -56,4 +61,5 @@ demo-finetune:
 
 bench:
 	$(BIN)/python scripts/bench_features.py
+	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_level1.py

@@ -336,3 +336,28 @@ def test_a_second_run_is_refused_and_a_stale_lock_taken_over(tmp_path: Path) -> 
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead), "start": "1"}))
     summary = extract_features(videos, out, _small(), show_progress=False)
     assert summary.ok == 1 and not lock.exists()
+
+
+def test_real_store_extended_three_times_equals_one_made_at_once(tmp_path: Path) -> None:
+    videos, whole = tmp_path / "videos", tmp_path / "whole"
+    videos.mkdir()
+    whole.mkdir()
+    names = [f"{c}.mp4" for c in "fbdaec"]
+    for k, name in enumerate(names):
+        indexed_clip(whole / name, 10 + 3 * k)
+    (whole / "zero.mp4").write_bytes(b"")
+    once = extract_features(whole, tmp_path / "once.h5", _small(), show_progress=False)
+    grown = tmp_path / "grown.h5"
+    for batch in (names[:2], names[2:4], [*names[4:], "zero.mp4"]):
+        for name in batch:
+            shutil.copy2(whole / name, videos / name)
+        extract_features(videos, grown, _small(), show_progress=False)
+    a, b = FeatureStore(tmp_path / "once.h5"), FeatureStore(grown)
+    assert once.ok == len(b) == 6 and list(b.failed()["id"]) == ["zero.mp4"]
+    # rows in the order added: each run appends its new clips in sorted order
+    assert b.ids == ["b.mp4", "f.mp4", "a.mp4", "d.mp4", "c.mp4", "e.mp4"]
+    order = [a.ids.index(c) for c in b.ids]
+    np.testing.assert_array_equal(a.features(rows=order), b.features())
+    np.testing.assert_array_equal(a.mask()[order], b.mask())
+    cols = ["size", "fingerprint"]  # copies keep size and content
+    assert a.identities().iloc[order][cols].reset_index(drop=True).equals(b.identities()[cols])
