@@ -3,6 +3,7 @@ main process, write crash-safe shards, assemble the HDF5 store."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -18,7 +19,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from extract.assemble import (
     assemble,
@@ -29,12 +29,11 @@ from extract.assemble import (
 )
 from extract.backbones import Backbone, build_backbone
 from extract.config import FeaturesConfig
-from extract.decode import decode_clip, decord_has_cuda
+from extract.decode import decord_has_cuda
 from extract.discover import Clip, DiscoveryError, discover
 from extract.features import TapExtractor
 from extract.identity import FileIdentity, file_identity, is_unchanged
 from extract.lock import StoreLock
-from extract.probe import DecodeError, probe
 from extract.progress import clip_progress
 from extract.store import (
     UNKNOWN_IDENTITY,
@@ -47,6 +46,7 @@ from extract.store import (
     read_extraction,
     write_shard,
 )
+from extract.workers import decode_in_workers
 
 log = logging.getLogger(__name__)
 
@@ -361,90 +361,27 @@ def _existing_sources(
     return keep
 
 
-class _ClipDataset(Dataset):
-    """Decodes clip ``i`` (probe + frame sampling) inside a DataLoader worker."""
-
-    def __init__(self, clips: Sequence[Clip], frames: int, size: int, device: str) -> None:
-        self.clips = list(clips)
-        self.frames = frames
-        self.size = size
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> dict:
-        clip = self.clips[i]
-        try:
-            info = probe(clip.path)
-            decoded = decode_clip(clip.path, info, self.frames, (self.size, self.size), self.device)
-        except DecodeError as exc:
-            return {"i": i, "ok": False, "reason": str(exc)}
-        except Exception as exc:  # never let one file take the batch down
-            return {"i": i, "ok": False, "reason": f"unexpected decoder error: {exc!r}"}
-        meta = info.as_dict()
-        meta.pop("has_b_frames")
-        meta.update(frame_count=decoded.n_frames, decoder=decoded.decoder, partial=decoded.partial)
-        return {
-            "i": i,
-            "ok": True,
-            "frames": decoded.frames,
-            "rows": decoded.slot_rows,
-            "frame_index": decoded.frame_index,
-            "mask": decoded.mask,
-            "meta": meta,
-        }
-
-
-def _worker_init(_: int) -> None:
-    """Decoder processes: one thread each, and a lower CPU priority, so that they fill the
-    gaps of the CNN's OpenMP threads instead of preempting them (measured on 2 cores: with
-    equal priority end-to-end throughput fell to 0.73 of 1/(1/decode + 1/CNN))."""
-    torch.set_num_threads(1)
-    os.nice(10)
-
-
 def _decoded(
-    clips: Sequence[Clip], config: FeaturesConfig, size: int, device: torch.device
+    clips: Sequence[Clip], config: FeaturesConfig, size: int, device: torch.device, parts: Path
 ) -> Iterator[tuple[Clip, dict]]:
-    """Decoded items in clip order. A worker that hangs (past ``clip_timeout``) or dies on
-    a clip makes that clip a failure; decoding restarts with the next clip."""
+    """Decoded items in clip order (:func:`extract.workers.decode_in_workers`): a clip whose
+    decoder crashes is retried once in a fresh process, then failed; one that hangs past
+    ``clip_timeout`` is failed; clips in flight are journalled in ``parts``."""
     workers = config.workers
     if device.type == "cuda" and decord_has_cuda():
         workers = 0  # decord's GPU context lives in this process
-    start = 0
-    while start < len(clips):
-        loader = DataLoader(
-            _ClipDataset(clips[start:], config.frames, size, str(device)),
-            batch_size=None,
-            num_workers=workers,
-            timeout=config.clip_timeout if workers else 0,
-            worker_init_fn=_worker_init if workers else None,
-            pin_memory=device.type == "cuda",
+    with contextlib.closing(
+        decode_in_workers(
+            clips,
+            frames=config.frames,
+            size=size,
+            device=str(device),
+            workers=workers,
+            timeout=config.clip_timeout,
+            journal_dir=parts,
         )
-        it = iter(loader)
-        position = start
-        while position < len(clips):
-            try:
-                item = next(it)
-            except StopIteration:
-                break
-            except RuntimeError as exc:  # a worker timed out or died
-                reason = _worker_failure(exc, config.clip_timeout)
-                log.warning("%s: %s", clips[position].path, reason)
-                yield clips[position], {"ok": False, "reason": reason}
-                position += 1
-                break
-            yield clips[position], item
-            position += 1
-        del it, loader
-        start = position
-
-
-def _worker_failure(exc: RuntimeError, timeout: float) -> str:
-    if "timed out" in str(exc):
-        return f"decoding took longer than clip_timeout ({timeout:g} s) and was abandoned"
-    return f"the decoder process crashed on this file ({str(exc).splitlines()[0]})"
+    ) as items:
+        yield from items
 
 
 def _process(
@@ -474,7 +411,7 @@ def _process(
 
     with clip_progress(len(todo), enabled=show_progress) as advance:
         try:
-            for clip, item in _decoded(todo, config, image_size, device):
+            for clip, item in _decoded(todo, config, image_size, device, parts):
                 item["identity"] = _identity(clip.path)
                 if item["ok"]:
                     finished = batcher.add(clip, item)

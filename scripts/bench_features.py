@@ -3,7 +3,10 @@
 Prints, in one run on the same clips (the six clips of ../shared/data/chimpandsee looped
 to --clips symlinks):
 
-* decode-only clips/s: the extraction DataLoader (workers, frame-exact sampling, resize);
+* decode-only clips/s: the decoder pool of the extraction (``extract.workers``: worker
+  processes, frame-exact sampling, resize), start-up included;
+* the same decoding (``decode_item``) in torch DataLoader workers, as extraction did before
+  the pool, and pool / DataLoader (target >= 1: containing crashes must not cost speed);
 * CNN-only clips/s: the default backbone on already-decoded frames, batched as in a run;
 * end-to-end clips/s: ``extract_features`` writing a fresh store, over its clip loop
   (decode workers + CNN + shard writes); start-up (backbone build) and the final assembly
@@ -37,7 +40,9 @@ from extract.backbones import build_backbone  # noqa: E402
 from extract.config import FeaturesConfig  # noqa: E402
 from extract.discover import discover  # noqa: E402
 from extract.features import TapExtractor  # noqa: E402
-from extract.pipeline import FrameBatcher, _ClipDataset, _worker_init, extract_features  # noqa: E402
+from extract.identity import file_identity  # noqa: E402
+from extract.pipeline import FrameBatcher, extract_features  # noqa: E402
+from extract.workers import decode_in_workers, decode_item  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "chimpandsee"
 
@@ -50,6 +55,40 @@ def looped_folder(src: Path, n: int, dst: Path) -> Path:
     for i in range(n):
         os.symlink(clips[i % len(clips)], dst / f"loop{i:03d}_{clips[i % len(clips)].name}")
     return dst
+
+
+def _worker_init(_: int) -> None:
+    """DataLoader workers as extraction had them: one torch thread, lower priority."""
+    torch.set_num_threads(1)
+    os.nice(10)
+
+
+class DecodeItems(Dataset):
+    """``decode_item`` of clip ``i``: the extraction's decoding, in a DataLoader worker."""
+
+    def __init__(self, clips: list, frames: int, size: int) -> None:
+        self.clips, self.frames, self.size = clips, frames, size
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        return decode_item(self.clips[i], self.frames, self.size, "cpu")
+
+
+def _timed_pool(clips: list, config: FeaturesConfig, size: int) -> tuple[float, list]:
+    start = time.perf_counter()
+    pooled = decode_in_workers(
+        clips,
+        frames=config.frames,
+        size=size,
+        device="cpu",
+        workers=config.workers,
+        timeout=config.clip_timeout,
+        journal_dir=None,
+    )
+    items = [item for _, item in pooled]
+    return time.perf_counter() - start, items
 
 
 def _timed_loader(dataset: Dataset, workers: int) -> tuple[float, list]:
@@ -125,12 +164,14 @@ def main() -> None:
         folder = looped_folder(args.data, args.clips, videos)
         _, clips = discover(folder)
 
-        decode_s, items = _timed_loader(
-            _ClipDataset(clips, config.frames, size, "cpu"), config.workers
-        )
+        loader_s, _ = _timed_loader(DecodeItems(clips, config.frames, size), config.workers)
+        loader_rate = len(clips) / loader_s
+        decode_s, items = _timed_pool(clips, config, size)
         assert all(item["ok"] for item in items), [i.get("reason") for i in items if not i["ok"]]
         decode_rate = len(clips) / decode_s
 
+        for clip, item in zip(clips, items, strict=True):  # FrameBatcher stores it
+            item["identity"] = file_identity(clip.path)
         extractor = TapExtractor(backbone, torch.device("cpu"), config.pooling, config.precision)
         batcher = FrameBatcher(extractor, backbone.taps, config.batch_frames)
         batcher.add(clips[0], items[0])  # warm-up (oneDNN primitive creation)
@@ -161,6 +202,8 @@ def main() -> None:
 
     bound = 1 / (1 / decode_rate + 1 / cnn_rate)
     print(f"decode-only        {decode_rate:7.2f} clips/s  ({decode_s:.1f} s)")
+    print(f"  DataLoader       {loader_rate:7.2f} clips/s  ({loader_s:.1f} s)")
+    print(f"  pool / DataLoader{decode_rate / loader_rate:7.2f}   (target >= 1)")
     print(f"CNN-only           {cnn_rate:7.2f} clips/s  ({cnn_s:.1f} s)")
     print(f"bound 1/(1/d+1/c)  {bound:7.2f} clips/s")
     print(

@@ -238,3 +238,38 @@ def test_lowres_real_clips_end_to_end(shared_data: Path, tmp_path: Path) -> None
     assert set(meta["codec"]) == {"h264", "mpeg4", "msmpeg4"}
     short = meta["frame_count"] < 16
     assert short.any() and (store.mask()[short.to_numpy()].sum(axis=1) < 16).all()
+
+
+def test_a_clip_that_crashes_its_decoder_is_one_failed_row(
+    tmp_path: Path, small_config: FeaturesConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "crash.mp4", "c.mp4"):
+        indexed_clip(videos / name, 14)
+    monkeypatch.setenv("JUNGLE_TEST_CRASH", "crash.mp4")
+    out = tmp_path / "f.h5"
+    summary = extract_features(videos, out, small_config, show_progress=False)
+    store = FeatureStore(out)
+    assert sorted(store.ids) == ["a.mp4", "c.mp4"] and summary.failed == 1
+    failed = store.failed()
+    assert failed["id"].tolist() == ["crash.mp4"]
+    assert failed["reason"].tolist() == ["decoder crashed (signal 11)"]
+
+
+def test_a_rerun_does_not_die_on_the_clip_that_killed_the_run(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "crash.mp4", "c.mp4"):
+        indexed_clip(videos / name, 14)
+    out = tmp_path / "f.h5"
+    cmd = [sys.executable, "-m", "jungle", "features", str(videos), "--out", str(out)]
+    cmd += ["--workers", "0", "--frames", "4", "--image-size", "32", "--no-progress"]
+    env = {**os.environ, "JUNGLE_TEST_CRASH": "crash.mp4"}
+    died = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert died.returncode == -signal.SIGSEGV  # decoding in-process: the run itself dies
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    store = FeatureStore(out)
+    assert sorted(store.ids) == ["a.mp4", "c.mp4"]
+    assert store.failed()["reason"].tolist() == ["decoder crashed (signal 11)"]
