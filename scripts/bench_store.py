@@ -1,8 +1,8 @@
 """Benchmark of the feature store at survey scale: assembling, merging and extending stores of
 10k, 100k and 1M synthetic clip rows (T=32 frames, one layer of C=64 channels, float16).
 
-Each measurement runs in a fresh Python process and reports wall time and peak resident
-memory (VmHWM). Growth no worse than N log N shows as a time per row that does not grow
+Each measurement runs in a fresh Python process, after a ``sync``, and reports wall time
+(including the final fsync of the output) and peak resident memory (VmHWM). Growth no worse than N log N shows as a time per row that does not grow
 faster than log N; flat memory shows as a peak RSS that grows only with the clip ids.
 
     python scripts/bench_store.py [--sizes 10000 100000 1000000] [--dir /tmp/jungle-bench]
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def run_child(op: str, out: Path, sources: list[Path]) -> dict:
         {"op": op, "out": str(out), "sources": [str(s) for s in sources], "attrs": attrs()}
     )
     code = CHILD.format(repo=str(REPO), args=args)
+    os.sync()  # inputs just written are on disk: their write-back is not timed as the operation
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr)
