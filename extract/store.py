@@ -55,6 +55,8 @@ META_FIELDS: dict[str, object] = {
 IDENTITY_FIELDS: dict[str, object] = {"size": np.int64, "mtime_ns": np.int64, "fingerprint": STR}
 #: bytes read at once by streaming reads (a block of rows of every requested layer).
 READ_BYTES = 64 << 20
+#: unrequested bytes a streaming read skips rather than reads through.
+GAP_BYTES = 1 << 20
 
 
 class StoreError(RuntimeError):
@@ -206,27 +208,37 @@ def identity_table(f: h5py.File, group: str) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def contiguous_runs(rows: np.ndarray, span: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def contiguous_runs(
+    rows: np.ndarray, span: int, max_gap: int | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """Cover sorted ``rows`` with ranges ``[lo, hi)`` of at most ``span`` rows.
 
     Yields ``(lo, hi, positions)``: ``positions`` index ``rows`` for the rows in the range.
-    Each range starts at a requested row and ends after the last requested row it holds,
-    so unrequested rows are read only between requested ones.
+    Each range starts at a requested row and ends after the last requested row it holds, so
+    unrequested rows are read only between requested ones; a gap of more than ``max_gap``
+    unrequested rows starts a new range (scattered rows are not read through long gaps).
     """
-    i, n = 0, len(rows)
-    while i < n:
-        lo = int(rows[i])
-        j = int(np.searchsorted(rows, lo + span, side="left"))
-        yield lo, int(rows[j - 1]) + 1, np.arange(i, j)
-        i = j
+    rows = np.asarray(rows)
+    n = len(rows)
+    breaks = [0, n]
+    if max_gap is not None and n > 1:
+        breaks = [0, *(np.flatnonzero(np.diff(rows) > max_gap + 1) + 1).tolist(), n]
+    for a, b in zip(breaks[:-1], breaks[1:], strict=True):
+        i = a
+        while i < b:
+            lo = int(rows[i])
+            j = a + int(np.searchsorted(rows[a:b], lo + span, side="left"))
+            yield lo, int(rows[j - 1]) + 1, np.arange(i, j)
+            i = j
 
 
 class FeatureStore:
     """Read access to a finished feature store (the file stays closed between calls).
 
     Feature reads are streaming: contiguous row ranges of at most :data:`READ_BYTES` are
-    read and the requested rows selected in memory (no per-row fancy indexing), so reading
-    any subset costs at most the bytes between its first and last row, chunk by chunk.
+    read and the requested rows selected in memory (no per-row fancy indexing); a range
+    ends where more than :data:`GAP_BYTES` of unrequested rows follow, so scattered rows
+    cost one read each and dense ones one read per block.
 
     >>> store = FeatureStore("features.h5")          # doctest: +SKIP
     >>> x = store.features(["blocks.6", "features"])   # (N, T, 320 + 1280) float16
@@ -300,10 +312,11 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no layer {unknown}; layers are {self.layers}")
         return [f[f"features/{name}"] for name in layers]
 
-    def _span(self, dsets: list[h5py.Dataset]) -> int:
-        """Rows per read so that one read of every layer stays under :data:`READ_BYTES`."""
-        row = sum(int(np.prod(d.shape[1:])) * d.dtype.itemsize for d in dsets)
-        return max(1, READ_BYTES // max(row, 1))
+    def _span(self, dsets: list[h5py.Dataset]) -> tuple[int, int]:
+        """Rows per read (one read of every layer under :data:`READ_BYTES`), and the gap of
+        unrequested rows (about 1 MiB) past which a new read starts."""
+        row = max(sum(int(np.prod(d.shape[1:])) * d.dtype.itemsize for d in dsets), 1)
+        return max(1, READ_BYTES // row), max(1, GAP_BYTES // row)
 
     def features(
         self, layers: Iterable[str] | None = None, rows: Sequence[int] | np.ndarray | None = None
@@ -323,7 +336,7 @@ class FeatureStore:
             out = np.empty((len(rows_arr), t, sum(d.shape[2] for d in dsets)), dtype=np.float16)
             order = np.argsort(rows_arr, kind="stable")
             sorted_rows = rows_arr[order]
-            for lo, hi, pos in contiguous_runs(sorted_rows, self._span(dsets)):
+            for lo, hi, pos in contiguous_runs(sorted_rows, *self._span(dsets)):
                 col = 0
                 for d in dsets:
                     block = d[lo:hi]
@@ -340,7 +353,7 @@ class FeatureStore:
         wanted = np.arange(len(self.ids)) if rows is None else np.unique(np.asarray(rows))
         with h5py.File(self.path, "r") as f:
             dsets = self._datasets(f, layers)
-            for lo, hi, pos in contiguous_runs(wanted, self._span(dsets)):
+            for lo, hi, pos in contiguous_runs(wanted, *self._span(dsets)):
                 picked = wanted[pos] - lo
                 x = np.concatenate([d[lo:hi][picked] for d in dsets], axis=2)
                 yield wanted[pos], x.astype(np.float16, copy=False)

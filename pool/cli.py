@@ -75,6 +75,13 @@ def train_level1_command(
         str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads \\[default: torch's].")] = None,
+    features_in_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | true | false: hold the features in RAM, or stream them from the "
+            "stores block by block \\[default: auto, RAM up to features_budget_gb].",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (see configs/level1.yaml).")
     ] = None,
@@ -102,6 +109,7 @@ def train_level1_command(
         "seed": seed,
         "device": device,
         "threads": threads,
+        "features_in_memory": features_in_memory,
     }
     try:
         cfg = load_config(config, overrides)

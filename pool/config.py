@@ -144,6 +144,23 @@ class Level1Config(BaseModel):
     meta_fields: list[str] = Field(
         default_factory=lambda: ["file_size", "width", "height", "fps", "duration", "bitrate"]
     )
+    features_in_memory: Literal["auto"] | bool = Field(
+        "auto",
+        description="hold the labelled clips' features in RAM (true), stream them from the "
+        "stores block by block (false), or hold them when they fit in features_budget_gb",
+    )
+    features_budget_gb: float = Field(
+        4.0, gt=0.0, description="auto: largest float16 feature array held in RAM, in GB"
+    )
+    shuffle_block_clips: int = Field(
+        128, ge=1, le=1_000_000, description="consecutive clips read (and shuffled) as one block"
+    )
+    shuffle_window_mb: float = Field(
+        256.0,
+        gt=0.0,
+        description="features of the blocks shuffled together, in MB; also the most read at "
+        "once by passes over the clips (statistics, prediction)",
+    )
     attention: NetConfig = Field(default_factory=NetConfig)
     gru: NetConfig = Field(default_factory=NetConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)

@@ -1,16 +1,30 @@
 """Level-1 inputs: features of one or several stores aligned per clip, metadata, labels.
 
-Features are held once in memory as float16 ``(N, T, C)``: the layers chosen from each store
-are concatenated along C (in config order), read straight into one preallocated array.
+Features ``(N, T, C)`` float16 (the layers chosen from each store concatenated along C, in
+config order) are reached through a :class:`FeatureReader`: ``read(rows)`` returns the
+features of a sorted block of clips, either from one array held in memory
+(:class:`ArrayFeatures`) or streamed from the HDF5 stores (:class:`StoreFeatures`, reading
+contiguous row ranges through :meth:`extract.store.FeatureStore.features`). Everything that
+touches features (normalisation moments, training, prediction) goes through a reader, block
+by block, so with a streaming reader memory stays flat in the number of clips.
+
+Training batches come from :class:`BlockShuffle`: the (sorted) training rows are cut into
+blocks of consecutive rows; each epoch shuffles the blocks, groups them into *windows* of
+about ``shuffle_window_mb`` of features, reads a window block by block and shuffles the
+clips within it. The batches depend only on the rows, the seed and the settings, never on
+where the features come from, so both readers give the same models. When every training
+row fits in one window (small runs), an epoch is a plain permutation of the rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -23,20 +37,155 @@ log = logging.getLogger(__name__)
 
 #: metadata fields whose logarithm (``log1p``) is used: they span orders of magnitude.
 LOG_META = frozenset({"file_size", "bitrate", "frame_count"})
+#: bytes of one feature value (float16).
+ITEM_BYTES = 2
+#: default of ``features_budget_gb`` (see :class:`pool.config.Level1Config`).
+DEFAULT_BUDGET_GB = 4.0
+
+
+class FeatureReader:
+    """``(N, T, C)`` float16 features of a block of clips, read by sorted rows.
+
+    Subclasses implement :meth:`read`; ``n``, ``frames`` and ``dims`` give the shape.
+    """
+
+    n: int
+    frames: int
+    dims: int
+    #: True when the features are one array in memory (:class:`ArrayFeatures`).
+    in_memory: bool = False
+    #: most clips read at once by :func:`sequential` passes (moments, prediction, scoring).
+    chunk_clips: int = 1 << 40
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), T, C)`` float16 features of clips ``rows`` (sorted ascending)."""
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.n, self.frames, self.dims)
+
+    @property
+    def clip_bytes(self) -> int:
+        """Bytes of one clip's features."""
+        return self.frames * self.dims * ITEM_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every clip's features (what holding them in memory costs)."""
+        return self.n * self.clip_bytes
+
+
+class ArrayFeatures(FeatureReader):
+    """Features held in memory as one ``(N, T, C)`` float16 array."""
+
+    in_memory = True
+
+    def __init__(self, x: np.ndarray) -> None:
+        if x.ndim != 3:
+            raise ValueError(f"features must be (N, T, C), got shape {x.shape}")
+        self.x = x
+        self.n, self.frames, self.dims = (int(v) for v in x.shape)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.x[np.asarray(rows, dtype=np.int64)]
+
+
+class StoreFeatures(FeatureReader):
+    """Features streamed from one or several stores, concatenated along C.
+
+    Block row ``i`` is row ``rows_per_store[s][i]`` of store ``s``; each :meth:`read` reads
+    the requested rows of each store in ascending store order with one
+    :meth:`~extract.store.FeatureStore.features` call (contiguous ranges, selected in
+    memory), so a read costs the bytes of the range its rows span, nothing more is kept.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[FeatureStore],
+        rows_per_store: Sequence[np.ndarray],
+        layers: Sequence[Sequence[str]],
+        dims: Sequence[Sequence[int]],
+        frames: int,
+    ) -> None:
+        self.stores = list(stores)
+        self.rows_per_store = [np.asarray(r, dtype=np.int64) for r in rows_per_store]
+        self.layers = [list(item) for item in layers]
+        self.widths = [int(sum(d)) for d in dims]
+        self.n = len(self.rows_per_store[0])
+        self.frames = int(frames)
+        self.dims = int(sum(self.widths))
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.stores) == 1:
+            return self._read_store(0, rows)
+        out = np.empty((len(rows), self.frames, self.dims), dtype=np.float16)
+        col = 0
+        for s, width in enumerate(self.widths):
+            out[:, :, col : col + width] = self._read_store(s, rows)
+            col += width
+        return out
+
+    def _read_store(self, s: int, rows: np.ndarray) -> np.ndarray:
+        store_rows = self.rows_per_store[s][rows]
+        if len(store_rows) < 2 or bool(np.all(store_rows[1:] > store_rows[:-1])):
+            return self.stores[s].features(self.layers[s], store_rows)
+        order = np.argsort(store_rows, kind="stable")  # another store's order: sort, place
+        data = self.stores[s].features(self.layers[s], store_rows[order])
+        out = np.empty_like(data)
+        out[order] = data
+        return out
 
 
 @dataclass
 class FeatureBlock:
-    """Features, frame mask and metadata of N clips, ready for the meta-models."""
+    """Features, frame mask and metadata of N clips, ready for the meta-models.
+
+    ``features`` may be given as an ``(N, T, C)`` array (wrapped in :class:`ArrayFeatures`).
+    """
 
     ids: list[str]  #: clip ids (of the first store)
-    x: np.ndarray  #: ``(N, T, C)`` float16
+    features: FeatureReader  #: ``(N, T, C)`` float16, read by sorted rows
     mask: np.ndarray  #: ``(N, T)`` bool, True on real frames (a prefix of each row)
     meta: np.ndarray  #: ``(N, M)`` float32, NaN where unknown
     layout: list[dict] = field(default_factory=list)  #: per store: path, layers, dims, extraction
 
+    def __post_init__(self) -> None:
+        if isinstance(self.features, np.ndarray):
+            self.features = ArrayFeatures(self.features)
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def x(self) -> np.ndarray:
+        """The ``(N, T, C)`` array of features held in memory.
+
+        Raises:
+            Level1Error: the features are streamed (use ``features.read``).
+        """
+        if not isinstance(self.features, ArrayFeatures):
+            raise Level1Error("the features are streamed from the stores, not held in memory")
+        return self.features.x
+
+    @property
+    def dims(self) -> int:
+        """C: feature channels per frame."""
+        return self.features.dims
+
+    def subset(self, rows: np.ndarray) -> FeatureBlock:
+        """Clips ``rows`` (sorted) as a block whose features are read now, into memory."""
+        rows = np.asarray(rows, dtype=np.int64)
+        features = ArrayFeatures(self.features.read(rows))
+        features.chunk_clips = self.features.chunk_clips
+        return FeatureBlock(
+            [self.ids[i] for i in rows],
+            features,
+            self.mask[rows],
+            self.meta[rows],
+            self.layout,
+        )
 
 
 @dataclass
@@ -48,6 +197,130 @@ class Level1Data:
     targets: np.ndarray  #: ``(N, K)`` float32
     groups: np.ndarray | None  #: ``(N,)`` str, or None when not grouped
     skipped: pd.DataFrame  #: label rows without features: ``filepath``, ``reason``
+
+
+def sequential(
+    features: FeatureReader, rows: np.ndarray, chunk: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Read clips ``rows`` in ascending order, ``chunk`` clips at a time (at most
+    ``features.chunk_clips``).
+
+    Yields ``(positions, x)``: ``positions`` index ``rows`` (so ``rows[positions]`` is sorted)
+    and ``x`` holds their features. For sorted ``rows`` the chunks are ``rows[i:i+chunk]``.
+    """
+    chunk = max(1, min(chunk, features.chunk_clips))
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    for start in range(0, len(rows), chunk):
+        pos = order[start : start + chunk]
+        yield pos, features.read(rows[pos])
+
+
+@dataclass(frozen=True)
+class Window:
+    """Clips shuffled together: their blocks (sorted rows, read one by one) and their order."""
+
+    blocks: list[np.ndarray]
+    order: np.ndarray  #: the window's rows in the order they are used
+
+
+@dataclass(frozen=True)
+class BlockShuffle:
+    """The training-batch order: shuffled blocks of consecutive rows, shuffled within windows.
+
+    The rows given to :meth:`epoch` (sorted) are cut into blocks of ``block_clips``
+    consecutive rows. Each epoch permutes the blocks and takes them ``window_blocks`` at a
+    time (as many as fit in ``window_bytes`` of features, at least one); the rows of a
+    window are read block by block, then permuted. When every block fits in one window the
+    epoch is ``rng.permutation(rows)``: a full shuffle. The order depends only on the rows,
+    the random generator and these settings, never on where the features are held.
+    """
+
+    block_clips: int = 128
+    window_bytes: float = 256e6
+
+    @classmethod
+    def from_config(cls, config: Level1Config) -> BlockShuffle:
+        return cls(config.shuffle_block_clips, config.shuffle_window_mb * 1e6)
+
+    def window_blocks(self, clip_bytes: int) -> int:
+        """Blocks per window for clips of ``clip_bytes`` bytes."""
+        return max(1, int(self.window_bytes // (self.block_clips * max(clip_bytes, 1))))
+
+    def window_clips(self, clip_bytes: int) -> int:
+        """Clips per (full) window."""
+        return self.window_blocks(clip_bytes) * self.block_clips
+
+    def epoch(self, rows: np.ndarray, rng: np.random.Generator, clip_bytes: int) -> list[Window]:
+        """One pass over ``rows``: windows whose orders together hold every row once."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        b = self.block_clips
+        blocks = [rows[i : i + b] for i in range(0, len(rows), b)]
+        per = self.window_blocks(clip_bytes)
+        if len(blocks) <= per:
+            return [Window(blocks, rng.permutation(rows))]
+        shuffled = rng.permutation(len(blocks))
+        windows = []
+        for start in range(0, len(blocks), per):
+            members = [blocks[i] for i in np.sort(shuffled[start : start + per])]
+            windows.append(Window(members, rng.permutation(np.concatenate(members))))
+        return windows
+
+    def epochs(
+        self, rows: np.ndarray, rng: np.random.Generator, clip_bytes: int
+    ) -> Iterator[Window]:
+        """Windows of endless epochs (each epoch drawn when the previous one is used up;
+        none when there is no row)."""
+        if not len(rows):
+            return iter(())
+        return itertools.chain.from_iterable(
+            self.epoch(rows, rng, clip_bytes) for _ in itertools.count()
+        )
+
+
+def shuffled_batches(
+    features: FeatureReader, windows: Iterable[Window], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of ``batch_size`` consecutive clips of the windows' orders (a batch may span
+    two windows; the last one may be shorter).
+
+    Yields ``(rows, x)``: the batch's rows sorted ascending and their features. One window's
+    features are held at a time (plus the fewer than ``batch_size`` clips carried over).
+    """
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rows in use order, features)
+    count = 0
+    for window in windows:
+        if not len(window.order):
+            continue
+        rows_sorted = np.concatenate(window.blocks)
+        x = np.empty((len(rows_sorted), features.frames, features.dims), dtype=np.float16)
+        start = 0
+        for block in window.blocks:
+            x[start : start + len(block)] = features.read(block)
+            start += len(block)
+        order, start = window.order, 0
+        while start < len(order):
+            take = order[start : start + batch_size - count]
+            start += len(take)
+            if not pending and len(take) == batch_size:  # the common case: one gather
+                picked = np.sort(take)
+                yield picked, x[np.searchsorted(rows_sorted, picked)]
+                continue
+            pending.append((take, x[np.searchsorted(rows_sorted, take)]))
+            count += len(take)
+            if count == batch_size:
+                yield _join(pending)
+                pending, count = [], 0
+        del x
+    if pending:
+        yield _join(pending)
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate([r for r, _ in parts])
+    x = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+    order = np.argsort(rows, kind="stable")
+    return rows[order], x[order]
 
 
 def open_stores(sources: Sequence[FeatureSource]) -> list[FeatureStore]:
@@ -88,14 +361,24 @@ def load_block(
     meta_fields: Sequence[str],
     ids: Sequence[str] | None = None,
     stores: Sequence[FeatureStore] | None = None,
+    in_memory: bool | Literal["auto"] = True,
+    budget_gb: float = DEFAULT_BUDGET_GB,
+    read_mb: float | None = None,
 ) -> FeatureBlock:
-    """Read the features of clips ``ids`` (default: every clip of the first store).
+    """The features, masks and metadata of clips ``ids`` (default: every clip of the first
+    store).
 
     Args:
         sources: stores and layers; their features are concatenated per clip.
         meta_fields: metadata columns (taken from the first store).
         ids: clip ids to read, in this order; each must be in every store.
         stores: the already opened stores of ``sources`` (opened here when omitted).
+        in_memory: True reads the features into one array; False streams them from the
+            stores (:class:`StoreFeatures`); ``"auto"`` reads them when they take at most
+            ``budget_gb`` GB.
+        read_mb: passes over the clips (:func:`sequential`) read at most this many MB of
+            features at once (at least one clip); None: their own chunk sizes. It decides
+            prediction batches, so it is the same whether features are held or streamed.
 
     Raises:
         Level1Error: clips missing from a store, stores with different frame counts, or a
@@ -124,6 +407,7 @@ def load_block(
                 "layers": layers,
                 "frames": int(masks[-1].shape[1]),
                 "extraction": store.extraction,
+                "dims": _layer_dims(store, layers),
             }
         )
     frames = {m.shape[1] for m in masks}
@@ -136,41 +420,35 @@ def load_block(
     if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
         raise Level1Error("frame masks must mark a prefix of real frames (padding at the end)")
 
-    x = _read_features(sources, stores, rows_per_store, layout)
+    reader: FeatureReader = StoreFeatures(
+        stores,
+        rows_per_store,
+        [item["layers"] for item in layout],
+        [item["dims"] for item in layout],
+        mask.shape[1],
+    )
+    hold = reader.nbytes <= budget_gb * 1e9 if in_memory == "auto" else bool(in_memory)
+    if hold:
+        reader = ArrayFeatures(read_all(reader))
+    if read_mb is not None:
+        reader.chunk_clips = max(1, int(read_mb * 1e6 // max(reader.clip_bytes, 1)))
     meta = meta_matrix(stores[0].meta().iloc[rows_per_store[0]], meta_fields)
     log.info(
-        "features: %d clips x %d frames x %d dims (%.2f GB float16) from %d store(s)",
-        *x.shape,
-        x.nbytes / 1e9,
+        "features: %d clips x %d frames x %d dims (%.2f GB float16) from %d store(s), %s",
+        *reader.shape,
+        reader.nbytes / 1e9,
         len(stores),
+        "held in memory" if hold else "streamed block by block",
     )
-    return FeatureBlock(ids, x, mask, meta, layout)
+    return FeatureBlock(ids, reader, mask, meta, layout)
 
 
-def _read_features(
-    sources: Sequence[FeatureSource],
-    stores: Sequence[FeatureStore],
-    rows_per_store: Sequence[np.ndarray],
-    layout: list[dict],
-) -> np.ndarray:
-    """Concatenated float16 features, allocated once (a second store is read layer by layer)."""
-
-    def rows_arg(store: FeatureStore, rows: np.ndarray) -> np.ndarray | None:
-        return None if np.array_equal(rows, np.arange(len(store))) else rows
-
-    if len(stores) == 1:
-        x = stores[0].features(layout[0]["layers"], rows_arg(stores[0], rows_per_store[0]))
-        layout[0]["dims"] = _layer_dims(stores[0], layout[0]["layers"])
-        return x
-    dims = [_layer_dims(store, item["layers"]) for store, item in zip(stores, layout, strict=True)]
-    n, t = len(rows_per_store[0]), layout[0]["frames"]
-    x = np.empty((n, t, sum(sum(d) for d in dims)), dtype=np.float16)
-    col = 0
-    for store, rows, item, widths in zip(stores, rows_per_store, layout, dims, strict=True):
-        item["dims"] = widths
-        for layer, width in zip(item["layers"], widths, strict=True):
-            x[:, :, col : col + width] = store.features([layer], rows_arg(store, rows))
-            col += width
+def read_all(features: FeatureReader, chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """Every clip's features in one array, allocated once and filled chunk by chunk."""
+    x = np.empty(features.shape, dtype=np.float16)
+    chunk = max(1, chunk_bytes // max(features.clip_bytes, 1))
+    for pos, part in sequential(features, np.arange(features.n), chunk):
+        x[pos] = part
     return x
 
 
@@ -271,7 +549,15 @@ def load_training_data(config: Level1Config, stores: Sequence[FeatureStore]) -> 
     # store order: sequential reads, and results independent of the CSV's row order
     order = np.argsort(pd.Index(stores[0].ids).get_indexer(ids), kind="stable")
     keep, ids = keep[order], [ids[i] for i in order]
-    block = load_block(config.features, config.meta_fields, ids, stores)
+    block = load_block(
+        config.features,
+        config.meta_fields,
+        ids,
+        stores,
+        config.features_in_memory,
+        config.features_budget_gb,
+        config.shuffle_window_mb,
+    )
     if config.group_by_folder:
         groups = np.array([posixpath.dirname(cid) for cid in ids], dtype=str)
     elif table.groups is not None:
@@ -282,19 +568,22 @@ def load_training_data(config: Level1Config, stores: Sequence[FeatureStore]) -> 
 
 
 def frame_moments(
-    x: np.ndarray, mask: np.ndarray, rows: np.ndarray, chunk: int = 512
+    features: FeatureReader | np.ndarray, mask: np.ndarray, rows: np.ndarray, chunk: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation over the real frames of clips ``rows``.
 
-    Accumulated in float64 over chunks of clips (no full float32 copy). The std is floored
-    at 1e-3 times the largest one, so constant channels do not blow up.
+    Read ``chunk`` clips at a time (in ascending order) and accumulated in float64 (no full
+    float32 copy). The std is floored at 1e-3 times the largest one, so constant channels do
+    not blow up.
     """
-    total = np.zeros(x.shape[2], dtype=np.float64)
-    square = np.zeros(x.shape[2], dtype=np.float64)
+    if isinstance(features, np.ndarray):
+        features = ArrayFeatures(features)
+    total = np.zeros(features.dims, dtype=np.float64)
+    square = np.zeros(features.dims, dtype=np.float64)
     count = 0
-    for start in range(0, len(rows), chunk):
-        part = np.sort(rows[start : start + chunk])
-        frames = x[part][mask[part]].astype(np.float32)
+    rows = np.asarray(rows, dtype=np.int64)
+    for pos, x in sequential(features, rows, chunk):
+        frames = x[mask[rows[pos]]].astype(np.float32)
         total += frames.sum(axis=0, dtype=np.float64)
         square += np.square(frames).sum(axis=0, dtype=np.float64)
         count += len(frames)

@@ -17,10 +17,17 @@ did not see. Within a fold's training part the frame classifier is cross-fitted 
 it). Boosters train on the inner fit part and stop early on the inner validation part.
 Held-out and new clips are scored by each frame classifier in turn, and the boosters'
 outputs are averaged over the classifiers.
+
+Memory: features are only ever read a block at a time through the block's
+:class:`~pool.data.FeatureReader`. The frame classifier trains on streamed minibatches (the
+:class:`~pool.data.BlockShuffle` order), and clip statistics are computed
+:data:`SCORE_BATCH` clips at a time, every classifier on each block read; what is kept per
+clip is its statistics vector.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -34,7 +41,7 @@ import xgboost as xgb
 from torch import nn
 
 from pool.config import HistogramConfig
-from pool.data import FeatureBlock, frame_moments
+from pool.data import BlockShuffle, FeatureBlock, frame_moments, sequential, shuffled_batches
 from pool.folds import make_folds
 from pool.train_torch import seeded
 
@@ -42,8 +49,10 @@ log = logging.getLogger(__name__)
 
 #: order-free statistics per class, before the histogram bins.
 STATISTICS: tuple[str, ...] = ("mean", "median", "min", "max", "p10", "p90")
-#: clips per forward pass when scoring frames.
+#: clips per forward pass (and per feature read) when scoring frames.
 SCORE_BATCH = 256
+#: clips whose statistics go through the boosters at once when predicting.
+PREDICT_PART = 4096
 
 
 class FrameClassifier(nn.Module):
@@ -89,19 +98,22 @@ def fit_frame_classifier(
     moments: tuple[np.ndarray, np.ndarray],
     seed: int,
     device: torch.device,
+    shuffle: BlockShuffle | None = None,
 ) -> FrameClassifier:
     """Train a :class:`FrameClassifier` on clips ``rows`` by multiple-instance learning.
 
-    Each step takes ``cfg.frame_batch_clips`` clips; the loss is the binary cross-entropy of
-    :func:`pooled_logits` against the clip labels (``blank``: index of the blank class).
-    ``moments``: per-channel mean and std used to standardise the frames.
+    Each step takes the next ``cfg.frame_batch_clips`` clips of the ``shuffle`` order
+    (passes over ``rows`` follow one another; a step may span two); the loss is the binary
+    cross-entropy of :func:`pooled_logits` against the clip labels (``blank``: index of the
+    blank class). ``moments``: per-channel mean and std used to standardise the frames.
     """
     rows = np.sort(rows)
+    shuffle = shuffle or BlockShuffle()
     y_all = torch.from_numpy(targets.astype(np.float32))
     mean, std = moments
     rng = np.random.default_rng(seed)
     with seeded(seed, device):
-        clf = FrameClassifier(block.x.shape[2], targets.shape[1], cfg.frame_hidden)
+        clf = FrameClassifier(block.dims, targets.shape[1], cfg.frame_hidden)
         clf.x_mean.copy_(torch.from_numpy(mean))
         clf.x_std.copy_(torch.from_numpy(std))
         prior = y_all[rows].mean(dim=0).clamp(1e-4, 1 - 1e-4)
@@ -112,12 +124,10 @@ def fit_frame_classifier(
             clf.parameters(), lr=cfg.frame_lr, weight_decay=cfg.frame_weight_decay
         )
         batch = min(cfg.frame_batch_clips, len(rows))
-        order = np.empty(0, dtype=np.int64)
-        for _ in range(cfg.frame_steps):
-            if len(order) < batch:  # next pass over the clips, reshuffled
-                order = np.concatenate([order, rng.permutation(rows)])
-            pick, order = np.sort(order[:batch]), order[batch:]
-            x = torch.from_numpy(block.x[pick]).to(device).float()
+        windows = shuffle.epochs(rows, rng, block.features.clip_bytes)
+        batches = shuffled_batches(block.features, windows, batch)
+        for pick, features in itertools.islice(batches, cfg.frame_steps):
+            x = torch.from_numpy(features).to(device).float()
             mask = torch.from_numpy(block.mask[pick]).to(device)
             logits = pooled_logits(clf(x), mask, blank)
             loss = F.binary_cross_entropy_with_logits(logits, y_all[pick].to(device))
@@ -128,17 +138,28 @@ def fit_frame_classifier(
 
 
 @torch.no_grad()
-def frame_probabilities(
-    classifier: FrameClassifier, block: FeatureBlock, rows: np.ndarray
-) -> np.ndarray:
-    """``(len(rows), T, K)`` per-frame probabilities of clips ``rows``."""
+def frame_probabilities(classifier: FrameClassifier, x: np.ndarray) -> np.ndarray:
+    """``(n, T, K)`` per-frame probabilities of features ``x`` ``(n, T, C)``."""
     device = next(classifier.parameters()).device
-    n_classes = classifier.body[-1].out_features
-    out = np.empty((len(rows), block.x.shape[1], n_classes), dtype=np.float32)
-    for start in range(0, len(rows), SCORE_BATCH):
-        part = rows[start : start + SCORE_BATCH]
-        x = torch.from_numpy(block.x[part]).to(device).float()
-        out[start : start + len(part)] = torch.sigmoid(classifier(x)).cpu().numpy()
+    frames = torch.from_numpy(x).to(device).float()
+    return torch.sigmoid(classifier(frames)).cpu().numpy()
+
+
+def score_clips(
+    classifiers: list[FrameClassifier], block: FeatureBlock, rows: np.ndarray, bins: int
+) -> list[np.ndarray]:
+    """Per classifier, the ``(len(rows), F)`` :func:`clip_statistics` of clips ``rows``.
+
+    Features are read :data:`SCORE_BATCH` clips at a time (ascending rows), and every
+    classifier scores each block read.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    width = len(classifiers[0].body[-1].bias) * (len(STATISTICS) + bins) if classifiers else 0
+    out = [np.empty((len(rows), width), dtype=np.float32) for _ in classifiers]
+    for pos, x in sequential(block.features, rows, SCORE_BATCH):
+        mask = block.mask[rows[pos]]
+        for stats, clf in zip(out, classifiers, strict=True):
+            stats[pos] = clip_statistics(frame_probabilities(clf, x), mask, bins)
     return out
 
 
@@ -284,15 +305,13 @@ class HistogramModel:
         Each frame classifier's statistics go through the boosters separately (the boosters
         were trained on single-classifier statistics) and the probabilities are averaged.
         """
-        rows = np.arange(len(block)) if rows is None else np.asarray(rows)
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), len(self.boosters)), dtype=np.float32)
-        for start in range(0, len(rows), 4096):
-            part = rows[start : start + 4096]
-            for clf in self.classifiers:
-                stats = clip_statistics(
-                    frame_probabilities(clf, block, part), block.mask[part], self.config.bins
-                )
-                out[start : start + len(part)] += self.predict_statistics(stats)
+        order = np.argsort(rows, kind="stable")
+        for start in range(0, len(rows), PREDICT_PART):
+            pos = order[start : start + PREDICT_PART]
+            for stats in score_clips(self.classifiers, block, rows[pos], self.config.bins):
+                out[pos] += self.predict_statistics(stats)
         return out / len(self.classifiers)
 
     def checkpoint(self) -> dict:
@@ -339,11 +358,13 @@ def fit_histogram(
     seed: int,
     device: torch.device,
     threads: int | None = None,
+    shuffle: BlockShuffle | None = None,
 ) -> HistogramModel:
     """Train the histogram model on a fold's training part (``fit_rows`` + ``val_rows``).
 
-    The frame classifier is cross-fitted over the training part; the boosters train on the
-    statistics of ``fit_rows`` and stop early on those of ``val_rows``.
+    The frame classifier is cross-fitted over the training part (minibatches in the
+    ``shuffle`` order); the boosters train on the statistics of ``fit_rows`` and stop early
+    on those of ``val_rows``.
     """
     start = time.perf_counter()
     train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
@@ -351,7 +372,7 @@ def fit_histogram(
     n_units = len(np.unique(part_groups)) if part_groups is not None else len(train_rows)
     k = min(cfg.frame_folds, n_units)
     inner = make_folds(targets[train_rows], k, seed, part_groups)
-    moments = frame_moments(block.x, block.mask, train_rows)  # shared: no labels involved
+    moments = frame_moments(block.features, block.mask, train_rows)  # shared: no labels
     classifiers = []
     stats = np.empty((len(train_rows), targets.shape[1] * (len(STATISTICS) + cfg.bins)), np.float32)
     for j in range(k):
@@ -364,11 +385,10 @@ def fit_histogram(
             moments,
             seed + 7919 * (j + 1),
             device,
+            shuffle,
         )
         classifiers.append(clf)
-        scored = train_rows[inner == j]
-        probs = frame_probabilities(clf, block, scored)
-        stats[inner == j] = clip_statistics(probs, block.mask[scored], cfg.bins)
+        stats[inner == j] = score_clips([clf], block, train_rows[inner == j], cfg.bins)[0]
     is_val = np.isin(train_rows, val_rows)
     boosters = [
         _fit_booster(

@@ -16,6 +16,11 @@ Run directory layout::
       oof/MODEL.csv        id + one probability column per class, every labelled clip once
       models/MODEL/fold_K.pt   checkpoint of fold K (torch.load(..., weights_only=True))
       metrics.json         OOF scores per model and for the class prior, per-fold details
+
+Memory: the features of the labelled clips are held in RAM or streamed from the stores
+block by block (``features_in_memory``, see :func:`pool.data.load_block`); either way the
+models see the same batches and give the same predictions. ``predict_level1`` reads each
+block of clips once and applies every fold model to it.
 """
 
 from __future__ import annotations
@@ -33,12 +38,19 @@ import torch
 
 from extract.store import FeatureStore
 from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml, load_config
-from pool.data import FeatureBlock, Level1Data, load_block, load_training_data, open_stores
+from pool.data import (
+    BlockShuffle,
+    FeatureBlock,
+    Level1Data,
+    load_block,
+    load_training_data,
+    open_stores,
+)
 from pool.folds import inner_split, make_folds, write_folds
-from pool.histogram import HistogramModel, fit_histogram
+from pool.histogram import SCORE_BATCH, HistogramModel, fit_histogram
 from pool.labels import BLANK
 from pool.metrics import evaluate, prior_oof
-from pool.train_torch import NetModel, fit_net, resolve_device
+from pool.train_torch import PREDICT_BATCH, NetModel, fit_net, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +123,18 @@ def fit_fold_model(
             seed,
             device,
             config.threads,
+            BlockShuffle.from_config(config),
         )
     return fit_net(
-        name, config.net(name), data.block, data.targets, fit_rows, val_rows, seed, device
+        name,
+        config.net(name),
+        data.block,
+        data.targets,
+        fit_rows,
+        val_rows,
+        seed,
+        device,
+        BlockShuffle.from_config(config),
     )
 
 
@@ -434,20 +455,36 @@ def predict_level1(
             raise Level1Error(f"{run}: checkpoints of {name} are missing, expected {config.folds}")
         checkpoints[name] = paths
     torch_device = resolve_device(device)
+    fold_models = {
+        name: [load_fold_model(path, torch_device) for path in paths]
+        for name, paths in checkpoints.items()
+    }
     per_fold = any(source.per_fold for source in sources)
+    # folds that read the same stores share one pass over the clips
+    passes = [[fold] for fold in range(config.folds)] if per_fold else [list(range(config.folds))]
     sums: dict[str, np.ndarray] = {}
-    block: FeatureBlock | None = None
     ids: list[str] = []
-    for fold in range(config.folds):
-        if block is None or per_fold:
-            block = load_block([s.for_fold(fold) for s in sources], inputs["meta_fields"])
-            _check_compatible(block, trained)
-            if fold and block.ids != ids:
-                raise Level1Error(f"the stores of fold {fold} hold other clips than fold 0's")
-            ids = block.ids
+    for folds in passes:
+        block = load_block(
+            [s.for_fold(folds[0]) for s in sources],
+            inputs["meta_fields"],
+            in_memory=config.features_in_memory,
+            budget_gb=config.features_budget_gb,
+            read_mb=config.shuffle_window_mb,
+        )
+        _check_compatible(block, trained)
+        if folds[0] and block.ids != ids:
+            raise Level1Error(f"the stores of fold {folds[0]} hold other clips than fold 0's")
+        ids = block.ids
         for name in names:
-            probs = load_fold_model(checkpoints[name][fold], torch_device).predict(block)
-            sums[name] = sums.get(name, 0.0) + probs.astype(np.float64)
+            sums.setdefault(name, np.zeros((len(block), len(classes)), dtype=np.float64))
+        step = _predict_chunk(block.features.chunk_clips)
+        for start in range(0, len(block), step):
+            part = block.subset(np.arange(start, min(start + step, len(block))))
+            for fold in folds:
+                for name in names:
+                    probs = fold_models[name][fold].predict(part)
+                    sums[name][start : start + len(part)] += probs.astype(np.float64)
     return {
         name: pd.DataFrame(
             (total / config.folds).astype(np.float32),
@@ -456,6 +493,14 @@ def predict_level1(
         )
         for name, total in sums.items()
     }
+
+
+def _predict_chunk(limit: int) -> int:
+    """Clips read at once by :func:`predict_level1`: at most ``limit`` (the block's
+    ``chunk_clips``), a multiple of the models' prediction batches where possible (so the
+    batches are those of a prediction over the whole block)."""
+    unit = min(max(PREDICT_BATCH, SCORE_BATCH), limit)
+    return max(unit, limit // unit * unit)
 
 
 def _check_compatible(block: FeatureBlock, trained: list[dict]) -> None:

@@ -1,9 +1,12 @@
 """Training and prediction of the torch meta-models for one fold.
 
 Early stopping watches the loss on an *inner* validation part carved out of the fold's
-training part; the held-out fold is only ever predicted. Runs are deterministic for a seed
-on the CPU (the global torch RNG is forked, so callers' random state is untouched); on CUDA,
-cuDNN's GRU kernels may differ in the last bits between runs.
+training part; the held-out fold is only ever predicted. Features are read through the
+block's :class:`~pool.data.FeatureReader`: training batches in the order of
+:class:`~pool.data.BlockShuffle`, predictions :data:`PREDICT_BATCH` clips at a time, so the
+same code runs on features held in memory or streamed from the stores. Runs are
+deterministic for a seed on the CPU (the global torch RNG is forked, so callers' random
+state is untouched); on CUDA, cuDNN's GRU kernels may differ in the last bits between runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from pool.config import NetConfig
-from pool.data import FeatureBlock, frame_moments, meta_moments
+from pool.data import (
+    BlockShuffle,
+    FeatureBlock,
+    frame_moments,
+    meta_moments,
+    sequential,
+    shuffled_batches,
+)
 from pool.nets import build_net
 
 log = logging.getLogger(__name__)
@@ -46,13 +56,14 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def to_tensors(
-    block: FeatureBlock, rows: np.ndarray, device: torch.device
+    x: np.ndarray, block: FeatureBlock, rows: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float32 ``x``, bool ``mask`` and ``meta`` of clips ``rows`` on ``device``."""
-    x = torch.from_numpy(block.x[rows]).to(device).float()
+    """Float32 features ``x`` (of clips ``rows``), their bool ``mask`` and ``meta`` on
+    ``device``."""
+    x_t = torch.from_numpy(x).to(device).float()
     mask = torch.from_numpy(block.mask[rows]).to(device)
     meta = torch.from_numpy(block.meta[rows]).to(device)
-    return x, mask, meta
+    return x_t, mask, meta
 
 
 @dataclass
@@ -72,10 +83,9 @@ class NetModel:
         self.net.eval()
         device = next(self.net.parameters()).device
         out = np.empty((len(rows), self.sizes["n_classes"]), dtype=np.float32)
-        for start in range(0, len(rows), PREDICT_BATCH):
-            part = rows[start : start + PREDICT_BATCH]
-            logits = self.net(*to_tensors(block, part, device))
-            out[start : start + len(part)] = torch.sigmoid(logits).cpu().numpy()
+        for pos, x in sequential(block.features, rows, PREDICT_BATCH):
+            logits = self.net(*to_tensors(x, block, rows[pos], device))
+            out[pos] = torch.sigmoid(logits).cpu().numpy()
         return out
 
     def checkpoint(self) -> dict:
@@ -114,18 +124,22 @@ def fit_net(
     val_rows: np.ndarray,
     seed: int,
     device: torch.device,
+    shuffle: BlockShuffle | None = None,
 ) -> NetModel:
     """Train net ``name`` on ``fit_rows``, keeping the epoch with the lowest loss on ``val_rows``.
 
     Standardisation statistics come from ``fit_rows`` and ``val_rows`` (the fold's training
-    part). Training stops after ``cfg.patience`` epochs without improvement.
+    part). Training stops after ``cfg.patience`` epochs without improvement. Each epoch's
+    batches follow ``shuffle`` (default :class:`~pool.data.BlockShuffle`'s defaults).
     """
     start = time.perf_counter()
+    shuffle = shuffle or BlockShuffle()
     train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
-    x_mean, x_std = frame_moments(block.x, block.mask, train_rows)
+    fit_rows = np.sort(fit_rows)
+    x_mean, x_std = frame_moments(block.features, block.mask, train_rows)
     m_mean, m_std = meta_moments(block.meta, train_rows)
     sizes = {
-        "in_dim": block.x.shape[2],
+        "in_dim": block.dims,
         "n_meta": block.meta.shape[1],
         "n_classes": targets.shape[1],
     }
@@ -142,10 +156,9 @@ def fit_net(
         epoch = 0
         for epoch in range(cfg.epochs):
             net.train()
-            order = rng.permutation(fit_rows)
-            for begin in range(0, len(order), cfg.batch_size):
-                rows = np.sort(order[begin : begin + cfg.batch_size])
-                logits = net(*to_tensors(block, rows, device))
+            windows = shuffle.epoch(fit_rows, rng, block.features.clip_bytes)
+            for rows, x in shuffled_batches(block.features, windows, cfg.batch_size):
+                logits = net(*to_tensors(x, block, rows, device))
                 loss = F.binary_cross_entropy_with_logits(logits, y_all[rows].to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,187 +1,235 @@
-"""Benchmark of level-1 training: seconds per fold and peak memory per model.
+"""Benchmark of level-1 training memory: peak RSS of ``train_level1`` against the number of
+clips, with features streamed from the store (and, for contrast, held in memory).
 
-Builds a synthetic feature store (default 10,000 clips x 32 frames x 1,300 dims, float16,
-about 0.8 GB of features) in a temporary folder, loads it once, then trains each model on
-one fold of a k-fold split (or on every fold with ``--all-folds``) and prints a table.
-
-Memory: the peak resident set size (RSS) of this process while a step runs, minus the RSS
-before it, read from ``VmHWM`` in ``/proc/self/status`` after resetting it through
-``/proc/self/clear_refs`` (Linux). Where the reset is not allowed, the increase of
-``resource.getrusage`` ``ru_maxrss`` (the process's lifetime peak) is shown instead, which
-under-reports later steps. On CUDA the peak of ``torch.cuda.max_memory_allocated`` is shown
-too. The "load" row shows that the store is held once: its RSS increase is about the size
-of the float16 array.
+For each size (default 10,000 and 100,000 clips) a synthetic feature store is written
+(default 32 frames x 256 dims float16, 16 KB per clip: 0.16 GB and 1.6 GB of features), then
+every measurement runs ``pool.run.train_level1`` in a *fresh* Python process, which reports
+its peak resident set size at the end: ``VmHWM`` of ``/proc/self/status`` (Linux), else
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``. A process that only imports jungle (torch,
+lightgbm, ...) gives the baseline. The child also counts what it read through
+``FeatureStore.features``: the largest read (clips) and the total (GB).
 
 Usage::
 
-    python scripts/bench_level1.py [--clips 10000] [--frames 32] [--dims 1300] [--epochs 5]
-        [--models attention,gru,pool,histogram] [--all-folds] [--device auto] [--threads N]
+    python scripts/bench_level1.py [--clips 10000,100000] [--frames 32] [--dims 256]
+        [--models pool] [--folds 2] [--epochs 1] [--window-mb 32] [--modes stream,memory]
+        [--threads 2] [--workdir DIR] [--keep]
+
+Defaults keep the whole benchmark to a few minutes on 2 CPU cores: one model (``pool``),
+two folds, one epoch. ``--window-mb`` sets ``shuffle_window_mb`` (the features the batch
+shuffler holds at once; the level-1 default is 256 MB) below the 10k store's size so that
+both sizes stream through full windows: with streaming, peak memory is the import baseline
+plus about one window, one read and the models, plus small per-clip arrays (ids, masks,
+metadata, targets, OOF), whatever the number of clips.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
+import json
+import os
+import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from pool.config import MODELS, Level1Config
-from pool.data import Level1Data, load_block
-from pool.folds import inner_split, make_folds
-from pool.labels import read_labels
-from pool.metrics import evaluate
-from pool.run import fit_fold_model, model_seed
-from pool.synthetic import SyntheticSpec, write_synthetic_store
-from pool.train_torch import resolve_device
-
-log = logging.getLogger("bench_level1")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def measure(step: Callable[[], object]) -> tuple[object, float, float, str]:
-    """Run ``step``; return (result, seconds, peak RSS increase in GB, how it was measured)."""
+def _peak_rss_gb() -> tuple[float, str]:
+    """This process's peak RSS in GB and how it was read."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before, how = _status_kb("VmRSS"), "VmHWM"
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6, "VmHWM"
     except OSError:
-        before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
-    start = time.perf_counter()
-    result = step()
-    seconds = time.perf_counter() - start
-    peak = (
-        _status_kb("VmHWM")
-        if how == "VmHWM"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "ru_maxrss"
+
+
+def child(config_path: str | None) -> None:
+    """Run one measurement (in a fresh process) and print a JSON line."""
+    import numpy as np
+
+    from extract.store import FeatureStore
+    from pool.config import load_config
+    from pool.run import train_level1
+
+    result: dict[str, object] = {}
+    if config_path is not None:
+        reads: list[int] = []
+        original = FeatureStore.features
+
+        def counted(store, layers=None, rows=None):  # noqa: ANN001, ANN202
+            x = original(store, layers, rows)
+            reads.append(len(x))
+            result["clip_bytes"] = int(x[0].nbytes) if len(x) else result.get("clip_bytes", 0)
+            return x
+
+        FeatureStore.features = counted  # type: ignore[method-assign]
+        config = load_config(Path(config_path), {})
+        start = time.perf_counter()
+        run = train_level1(config, overwrite=True)
+        result["seconds"] = time.perf_counter() - start
+        metrics = json.loads((run / "metrics.json").read_text())
+        result["log_loss"] = {m: s["log_loss"] for m, s in metrics["scores"].items()}
+        result["largest_read_clips"] = int(max(reads))
+        result["read_gb"] = float(np.sum(reads) * result["clip_bytes"] / 1e9)
+    result["peak_rss_gb"], result["how"] = _peak_rss_gb()
+    print("RESULT " + json.dumps(result))
+
+
+def measure(config: Path | None) -> dict:
+    """Run :func:`child` in a fresh interpreter; its JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"]
+    cmd += [str(config)] if config is not None else []
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"measurement failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def write_store(folder: Path, clips: int, frames: int, dims: int) -> tuple[Path, Path, float]:
+    """A synthetic store and its labels CSV in ``folder`` (reused when already there)."""
+    from pool.synthetic import SyntheticSpec, write_synthetic_store
+
+    store, labels = folder / "features.h5", folder / "labels.csv"
+    if store.is_file() and labels.is_file():
+        return store, labels, 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    first = min(32, dims // 4)
+    spec = SyntheticSpec(
+        clips=clips,
+        frames=frames,
+        layers=(("blocks.4", first), ("features", dims - first)),
+        sites=20,
+        seed=0,
     )
-    return result, seconds, (peak - before) / 1e6, how
-
-
-def train_and_predict(
-    name: str,
-    config: Level1Config,
-    data: Level1Data,
-    split: tuple[np.ndarray, np.ndarray, np.ndarray],
-    seed: int,
-    device: torch.device,
-) -> np.ndarray:
-    """Train ``name`` on one fold's (fit, inner validation) rows; predict its held-out rows."""
-    fit_rows, val_rows, held = split
-    model = fit_fold_model(name, config, data, fit_rows, val_rows, seed, device)
-    return model.predict(data.block, held)
+    start = time.perf_counter()
+    table = write_synthetic_store(store, spec, shard_clips=1000)
+    table.to_csv(labels, index=False)
+    return store, labels, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=10_000)
+    parser.add_argument("--child", nargs="?", const="", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--clips", default="10000,100000", help="store sizes, comma-separated")
     parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--dims", type=int, default=1300)
-    parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--all-folds", action="store_true", help="train every fold, not one")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of the torch models")
-    parser.add_argument("--frame-steps", type=int, default=600, help="histogram frame classifier")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dims", type=int, default=256)
+    parser.add_argument("--models", default="pool")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the torch models")
+    parser.add_argument("--frame-steps", type=int, default=100, help="histogram, if run")
+    parser.add_argument("--window-mb", type=float, default=32.0, help="shuffle_window_mb")
+    parser.add_argument("--modes", default="stream,memory", help="stream and/or memory")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the stores in --workdir")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.child is not None:
+        child(args.child or None)
+        return
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        store = Path(tmp) / "bench.h5"
-        first = min(20, args.dims - 1)
-        spec = SyntheticSpec(
-            clips=args.clips,
-            frames=args.frames,
-            layers=(("blocks.2", first), ("features", args.dims - first)),
-            species=tuple(f"species{i}" for i in range(args.classes)),
-            sites=20,
-        )
-        start = time.perf_counter()
-        labels = write_synthetic_store(store, spec, shard_clips=500)
-        log.info(
-            "store written in %.1f s (%.2f GB)",
-            time.perf_counter() - start,
-            store.stat().st_size / 1e9,
-        )
-        config = Level1Config(
-            features=[str(store)],
-            labels=str(Path(tmp) / "labels.csv"),
-            run=str(Path(tmp) / "run"),
-            folds=args.folds,
-            device=args.device,
-            threads=args.threads,
-            attention={"epochs": args.epochs, "patience": args.epochs},
-            gru={"epochs": args.epochs, "patience": args.epochs},
-            pool={"epochs": args.epochs, "patience": args.epochs, "use_meta": False},
-            histogram={"frame_steps": args.frame_steps},
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from pool.config import Level1Config, config_yaml
+
+    sizes = [int(v) for v in args.clips.split(",")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    console = Console(width=170)
+    console.print(
+        f"level-1 memory benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.node()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
+    )
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(dir=args.workdir) if not args.keep else None
+    base = Path(tmp.name) if tmp is not None else args.workdir or Path("bench_level1")
+    try:
+        baseline = measure(None)
+        console.print(
+            f"baseline (fresh process importing jungle, no training): peak RSS "
+            f"{baseline['peak_rss_gb']:.2f} GB ({baseline['how']})"
         )
         rows = []
-        block, seconds, gb, how = measure(lambda: load_block(config.features, config.meta_fields))
-        rows.append(("load store", seconds, gb, f"array {block.x.nbytes / 1e9:.2f} GB float16"))
-
-        labels.to_csv(config.labels, index=False)
-        table = read_labels(config.labels)
-        order = {f: i for i, f in enumerate(table.filepaths)}
-        targets = table.targets[[order[cid] for cid in block.ids]]
-        skipped = pd.DataFrame(columns=["filepath", "reason"])
-        data = Level1Data(block, table.classes, targets, None, skipped)
-        folds = make_folds(targets, config.folds, config.seed)
-        device = resolve_device(args.device)
-        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            per_fold, peaks, losses = [], [], []
-            for fold in range(config.folds if args.all_folds else 1):
-                held = np.flatnonzero(folds == fold)
-                train = np.flatnonzero(folds != fold)
-                is_val = inner_split(targets[train], config.inner_val_fraction, fold)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                step = functools.partial(
-                    train_and_predict,
-                    name,
-                    config,
-                    data,
-                    (train[~is_val], train[is_val], held),
-                    model_seed(config.seed, name, fold),
-                    device,
+        for clips in sizes:
+            folder = base / f"store_{clips}_{args.frames}x{args.dims}"
+            store, labels, seconds = write_store(folder, clips, args.frames, args.dims)
+            gb = clips * args.frames * args.dims * 2 / 1e9
+            made = f"written in {seconds:.0f} s" if seconds else "reused"
+            console.print(f"store of {clips} clips: {gb:.2f} GB of features ({made})")
+            for mode in modes:
+                config = Level1Config(
+                    features=[str(store)],
+                    labels=str(labels),
+                    run=str(folder / f"run_{mode}"),
+                    models=models,
+                    folds=args.folds,
+                    device="cpu",
+                    threads=args.threads,
+                    features_in_memory=mode == "memory",
+                    shuffle_window_mb=args.window_mb,
+                    attention={"epochs": args.epochs, "patience": args.epochs},
+                    gru={"epochs": args.epochs, "patience": args.epochs},
+                    pool={"epochs": args.epochs, "patience": args.epochs},
+                    histogram={"frame_steps": args.frame_steps, "n_estimators": 50},
                 )
-                probs, seconds, gb, how = measure(step)
-                per_fold.append(seconds)
-                peaks.append(gb)
-                losses.append(evaluate(targets[held], probs, table.classes)["log_loss"])
-                log.info("%s fold %d: %.1f s, peak +%.2f GB", name, fold, seconds, gb)
-            note = f"held-out log loss {np.mean(losses):.4f}"
-            if device.type == "cuda":
-                note += f", GPU peak {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB"
-            rows.append((name, float(np.mean(per_fold)), max(peaks), note))
+                path = folder / f"config_{mode}.yaml"
+                path.write_text(config_yaml(config))
+                yaml.safe_load(path.read_text())  # loadable
+                result = measure(path)
+                console.print(f"  {mode}: {json.dumps(result)}")
+                rows.append((clips, gb, mode, result))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
 
-    out = Table(
-        title=f"level-1 benchmark: {args.clips} clips x {args.frames} frames x {args.dims} dims, "
-        f"{device}, {torch.get_num_threads()} threads, torch epochs {args.epochs}"
+    table = Table(
+        title=f"train-level1 peak RSS: models {','.join(models)}, {args.folds} folds, "
+        f"{args.epochs} epoch(s), {args.frames} frames x {args.dims} dims, "
+        f"shuffle_window_mb {args.window_mb:g}, {args.threads} threads, CPU"
     )
-    for column in ("step", "seconds per fold", f"peak RSS increase GB ({how})", "notes"):
-        out.add_column(column)
-    for step_name, seconds, gb, note in rows:
-        out.add_row(step_name, f"{seconds:.1f}", f"{gb:.2f}", note)
-    Console().print(out)
+    for column in (
+        "clips",
+        "features GB",
+        "features",
+        "peak RSS GB",
+        "above baseline GB",
+        "largest read (clips)",
+        "read from store GB",
+        "seconds",
+        "OOF log loss",
+    ):
+        table.add_column(column, justify="left" if column == "features" else "right")
+    for clips, gb, mode, r in rows:
+        losses = r["log_loss"]
+        table.add_row(
+            f"{clips:,}",
+            f"{gb:.2f}",
+            "streamed" if mode == "stream" else "in memory",
+            f"{r['peak_rss_gb']:.2f}",
+            f"{r['peak_rss_gb'] - baseline['peak_rss_gb']:+.2f}",
+            f"{r['largest_read_clips']:,}",
+            f"{r['read_gb']:.1f}",
+            f"{r['seconds']:.0f}",
+            ", ".join(f"{m} {v:.4f}" for m, v in losses.items() if m != "prior"),
+        )
+    console.print(table)
+    console.print(
+        f"baseline: a fresh process importing jungle peaks at {baseline['peak_rss_gb']:.2f} GB "
+        f"({baseline['how']}); every row is its own fresh process."
+    )
 
 
 if __name__ == "__main__":

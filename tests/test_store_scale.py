@@ -361,3 +361,33 @@ def test_real_store_extended_three_times_equals_one_made_at_once(tmp_path: Path)
     np.testing.assert_array_equal(a.mask()[order], b.mask())
     cols = ["size", "fingerprint"]  # copies keep size and content
     assert a.identities().iloc[order][cols].reset_index(drop=True).equals(b.identities()[cols])
+
+
+def test_streaming_reads_select_any_rows_without_reading_through_long_gaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from extract import store as store_module
+    from extract.store import contiguous_runs
+
+    rows = np.array([0, 1, 2, 10, 11, 50, 200])
+    runs = [(lo, hi, p.tolist()) for lo, hi, p in contiguous_runs(rows, 100, max_gap=5)]
+    assert runs == [(0, 3, [0, 1, 2]), (10, 12, [3, 4]), (50, 51, [5]), (200, 201, [6])]
+    assert [(lo, hi) for lo, hi, _ in contiguous_runs(rows, 11)] == [
+        (0, 11),
+        (11, 12),
+        (50, 51),
+        (200, 201),
+    ]
+    out = tmp_path / "f.h5"
+    assemble(out, [_shard(tmp_path / "s.h5", [(f"c{i:03d}.mp4", i) for i in range(300)])], _attrs())
+    store = FeatureStore(out)
+    everything = store.features()
+    monkeypatch.setattr(store_module, "READ_BYTES", 7 * T * 8 * 2)  # 7 clips per read
+    monkeypatch.setattr(store_module, "GAP_BYTES", 3 * T * 8 * 2)
+    pick = np.random.default_rng(0).integers(0, 300, size=80)  # any order, duplicates
+    np.testing.assert_array_equal(store.features(rows=pick), everything[pick])
+    blocks = list(store.iter_features(rows=pick))
+    assert max(len(r) for r, _ in blocks) <= 7
+    got = np.concatenate([r for r, _ in blocks])
+    np.testing.assert_array_equal(got, np.unique(pick))
+    np.testing.assert_array_equal(np.concatenate([x for _, x in blocks]), everything[got])

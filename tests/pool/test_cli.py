@@ -46,8 +46,11 @@ def test_command_trains_and_prints_the_table(synthetic: Synthetic, tmp_path: Pat
         "site",
         "--config",
         str(cfg),
+        "--features-in-memory",
+        "false",
     )
     assert result.exit_code == 0, result.output
+    assert "features_in_memory: false" in (run / "config.yaml").read_text()
     assert "log loss" in result.stdout and "prior" in result.stdout and "pool" in result.stdout
     assert "done" in result.stderr
     folds = pd.read_csv(run / "folds.csv")

@@ -52,6 +52,8 @@ def test_options_override_yaml_and_paths_become_absolute(tmp_path: Path) -> None
         ("", {"features": ["f.h5"]}, "labels: Field required"),
         ("- a\n- b\n", REQUIRED, "expected a mapping"),
         ("folds: [\n", REQUIRED, "cannot read config"),
+        ("features_in_memory: maybe\n", REQUIRED, "features_in_memory"),
+        ("shuffle_window_mb: 0\n", REQUIRED, "shuffle_window_mb"),
     ],
 )
 def test_invalid_settings_are_reported(
