@@ -405,8 +405,9 @@ def predict_level1(
     stores: Sequence[Path | str],
     models: Sequence[str] | None = None,
     device: str = "auto",
+    ids: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Level-1 probabilities of every clip of ``stores``: the mean over a run's fold models.
+    """Level-1 probabilities of the clips of ``stores``: the mean over a run's fold models.
 
     Args:
         run_dir: a finished :func:`train_level1` run.
@@ -416,6 +417,8 @@ def predict_level1(
             with fold K's backbone).
         models: which models (default: every model of the run).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        ids: the clips to predict, in this order (each must be in every store); default
+            every clip of the first store.
 
     Returns:
         ``{model: DataFrame}`` indexed by clip id, one column per class (run's order).
@@ -468,6 +471,7 @@ def predict_level1(
         block = load_block(
             [s.for_fold(folds[0]) for s in sources],
             inputs["meta_fields"],
+            ids=ids,
             in_memory=config.features_in_memory,
             budget_gb=config.features_budget_gb,
             read_mb=config.shuffle_window_mb,

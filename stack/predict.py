@@ -111,8 +111,9 @@ def predict(
     ok_ids = [c for c in first.ids if c in current and c not in failed]
     probs = pd.DataFrame(columns=classes, dtype=np.float64)
     if ok_ids:
-        level1 = predict_level1(run, stores, models=info["level1_models"], device=device)
-        level1 = {m: df.loc[ok_ids] for m, df in level1.items()}
+        level1 = predict_level1(
+            run, stores, models=info["level1_models"], device=device, ids=ok_ids
+        )
         probs = predict_level2(run, level1, first.meta().loc[ok_ids])
     partial = first.meta()["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
@@ -155,7 +156,8 @@ def _extract(
 
 
 def _failures(stores: list[Path]) -> dict[str, str]:
-    """Clip id → reason, over every store (a clip failed in any store cannot be predicted)."""
+    """Clip id → reason, over every store (a clip failed in any store cannot be predicted:
+    it gets a failed row; the other clips are predicted)."""
     failed: dict[str, str] = {}
     for path in stores:
         table = FeatureStore(path).failed()
