@@ -65,6 +65,7 @@ RUN_ITEMS = (
     "oof",
     "models",
     "metrics.json",
+    "level2",  # trained on this level 1's OOF: retraining level 1 invalidates it
 )
 
 FoldModel = NetModel | HistogramModel

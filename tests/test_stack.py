@@ -107,6 +107,21 @@ def test_prediction_averages_the_fold_models_and_clips(size_signal_run: Path) ->
     assert len(folds) == 3 and not np.allclose(per_fold[0], per_fold[1])
 
 
+def test_retraining_level1_removes_the_stale_level2(tmp_path: Path) -> None:
+    store = tmp_path / "features.h5"
+    labels = write_synthetic_store(store, SyntheticSpec(clips=90, frames=6, seed=2))
+    labels_csv = tmp_path / "labels.csv"
+    labels.to_csv(labels_csv, index=False)
+    config = fast_level1(store, labels_csv, tmp_path / "run", models=["pool"])
+    run = train_level1(config)
+    train_level2(run)
+    assert (run / "level2").is_dir()
+    train_level1(config, overwrite=True)
+    assert not (run / "level2").exists()
+    with pytest.raises(Level2Error):
+        load_level2(run)
+
+
 def test_base_blend_combines_models_and_ignores_noise() -> None:
     rng = np.random.default_rng(1)
     targets = (rng.random((2000, 4)) < 0.3).astype(float)
