@@ -216,9 +216,21 @@ def _folds_from_table(data: Level1Data, path: Path, table: pd.DataFrame) -> np.n
             "--folds-csv, to make new folds)"
         )
     rows = table.loc[data.block.ids]
+    folds = rows["fold"].to_numpy(dtype=np.int64)
+    if data.groups is not None:
+        spread = pd.Series(folds).groupby(pd.Series(data.groups)).nunique()
+        split = spread[spread > 1]
+        if len(split):
+            raise Level1Error(
+                f"{path} splits {len(split)} group(s) across folds (e.g. {list(split.index[:3])}):"
+                " its folds were made without this grouping, so clips of one group would be"
+                " trained on and scored in different folds (optimistic OOF scores). Delete it"
+                " (and re-run `jungle finetune --fold K` if its checkpoints used those folds),"
+                " or pass a --folds-csv grouped the same way"
+            )
     if data.groups is None and "group" in rows:
         data.groups = rows["group"].fillna("").to_numpy(dtype=str)
-    return rows["fold"].to_numpy(dtype=np.int64)
+    return folds
 
 
 def _open_fold_stores(config: Level1Config, k: int) -> list[list[FeatureStore]]:

@@ -147,3 +147,12 @@ def test_grouped_run_keeps_sites_apart(synthetic: Synthetic, tmp_path: Path) -> 
     labels = pd.read_csv(synthetic.labels_csv).set_index("filepath")
     assert (labels.loc[folds["id"], "site"].to_numpy() == folds["group"].to_numpy()).all()
     assert set(read_oof(run, "pool").index) == set(folds["id"])
+
+
+def test_reused_ungrouped_folds_that_split_a_group_are_refused(
+    synthetic: Synthetic, tmp_path: Path
+) -> None:
+    quick = {"models": ["pool"], "pool": {"epochs": 1, "use_meta": False}}
+    run = train_level1(fast_config(synthetic, tmp_path / "run", **quick))
+    with pytest.raises(Level1Error, match="splits .* group.*across folds"):
+        train_level1(fast_config(synthetic, run, group_column="site", **quick), overwrite=True)
