@@ -76,7 +76,8 @@ def features(
     tta: Annotated[
         str | None,
         typer.Option(
-            help="none | hflip: average features of frames and their mirror images \\[default: none]."
+            help="none | hflip: average features of frames and their mirror images "
+            "\\[default: none]."
         ),
     ] = None,
     shard: Annotated[

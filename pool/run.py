@@ -479,7 +479,7 @@ def predict_level1(
     # folds that read the same stores share one pass over the clips
     passes = [[fold] for fold in range(config.folds)] if per_fold else [list(range(config.folds))]
     sums: dict[str, np.ndarray] = {}
-    ids: list[str] = []
+    seen_ids: list[str] | None = None
     for folds in passes:
         block = load_block(
             [s.for_fold(folds[0]) for s in sources],
@@ -490,9 +490,9 @@ def predict_level1(
             read_mb=config.shuffle_window_mb,
         )
         _check_compatible(block, trained)
-        if folds[0] and block.ids != ids:
+        if seen_ids is not None and block.ids != seen_ids:
             raise Level1Error(f"the stores of fold {folds[0]} hold other clips than fold 0's")
-        ids = block.ids
+        seen_ids = block.ids
         for name in names:
             sums.setdefault(name, np.zeros((len(block), len(classes)), dtype=np.float64))
         step = _predict_chunk(block.features.chunk_clips)
@@ -505,7 +505,7 @@ def predict_level1(
     return {
         name: pd.DataFrame(
             (total / config.folds).astype(np.float32),
-            index=pd.Index(ids, name="id"),
+            index=pd.Index(seen_ids or [], name="id"),
             columns=classes,
         )
         for name, total in sums.items()

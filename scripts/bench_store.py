@@ -2,8 +2,9 @@
 10k, 100k and 1M synthetic clip rows (T=32 frames, one layer of C=64 channels, float16).
 
 Each measurement runs in a fresh Python process, after a ``sync``, and reports wall time
-(including the final fsync of the output) and peak resident memory (VmHWM). Growth no worse than N log N shows as a time per row that does not grow
-faster than log N; flat memory shows as a peak RSS that grows only with the clip ids.
+(including the final fsync of the output) and peak resident memory (VmHWM). Growth no worse
+than N log N shows as a time per row that does not grow faster than log N; flat memory shows
+as a peak RSS that grows only with the clip ids.
 
     python scripts/bench_store.py [--sizes 10000 100000 1000000] [--dir /tmp/jungle-bench]
 """

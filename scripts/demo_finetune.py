@@ -91,7 +91,12 @@ def main() -> None:
             checkpoint=str(checkpoint), frames=frozen["frames"], image_size=frozen["image_size"]
         )
         summary = extract_features(train_csv, store, features)
-        console.print(f"fold {fold}: {checkpoint.name}, {summary.ok} clips in {store.name}")
+        tuned = json.loads(checkpoint.with_suffix(".json").read_text())
+        console.print(
+            f"fold {fold}: {checkpoint.name} ({tuned['seconds']:.0f} s, frames decoded every "
+            f"epoch, at most {tuned['frames_in_memory']['peak_held']} held at once), "
+            f"{summary.ok} clips in {store.name}"
+        )
 
     console.rule("2. jungle train-level1 (store K for fold K) and train-level2")
     level1 = Level1Config(

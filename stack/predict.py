@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract.discover import discover
 from extract.assemble import same_extraction
+from extract.discover import discover
 from extract.pipeline import config_from_extraction, extract_features
 from extract.store import FeatureStore, read_extraction
 from pool.run import predict_level1
