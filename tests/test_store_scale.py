@@ -391,3 +391,22 @@ def test_streaming_reads_select_any_rows_without_reading_through_long_gaps(
     got = np.concatenate([r for r, _ in blocks])
     np.testing.assert_array_equal(got, np.unique(pick))
     np.testing.assert_array_equal(np.concatenate([x for _, x in blocks]), everything[got])
+
+
+def test_too_little_disk_space_is_a_clear_error_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from extract import assemble as assemble_module
+
+    out = tmp_path / "f.h5"
+    assemble(out, [_shard(tmp_path / "s0.h5", [("a.mp4", 1)])], _attrs())
+    before = _rows(out)
+    new = _shard(tmp_path / "s1.h5", [("b.mp4", 2)])
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(assemble_module.shutil, "disk_usage", lambda _: real._replace(free=1 << 20))
+    with pytest.raises(StoreError, match="not enough free disk space .* GB free"):
+        extend(out, [new])
+    with pytest.raises(StoreError, match="not enough free disk space"):
+        merge_stores([out, new], tmp_path / "merged.h5")
+    assert _rows(out) == before and new.exists() and not extending_path(out).exists()
+    assert not (tmp_path / "merged.h5").exists()
