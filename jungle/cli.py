@@ -160,9 +160,11 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to write (new).")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Merge feature stores made with the same settings from the same folder (e.g. the
-    `--shard I/N` slices of one survey) into one new store. A clip in two stores with
-    different file contents is an error."""
+    """Merge feature stores (e.g. the --shard I/N slices of a survey) into a new store.
+
+    Only stores made with the same extraction settings from the same folder merge; a clip
+    in two stores with different file contents is an error.
+    """
     setup_logging(err, verbose)
     from extract.assemble import merge_stores
     from extract.lock import StoreLock
