@@ -14,7 +14,7 @@ import pandas as pd
 from extract.discover import Clip, discover
 from pool.config import Level1Error
 from pool.finetune_config import FinetuneConfig, FinetuneError
-from pool.folds import make_folds, read_folds, write_folds
+from pool.folds import check_groups_kept, make_folds, read_folds, write_folds
 from pool.labels import read_labels
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ def fold_split(config: FinetuneConfig, data: LabelledClips) -> tuple[np.ndarray,
                 [i for i, ok in zip(ids, listed, strict=True) if not ok][:3],
             )
         folds = np.where(listed, fold_of, -1).astype(np.int64)
+        try:
+            check_groups_kept(path, folds, data.groups)
+        except Level1Error as exc:
+            raise FinetuneError(str(exc)) from exc
         present = sorted(set(table.tolist()))
         log.info("folds from %s", path)
     elif config.folds_csv is not None:

@@ -124,3 +124,27 @@ def read_folds(path: Path) -> pd.Series:
         path = path / "folds.csv"
     table = pd.read_csv(path, dtype={"id": str, "fold": np.int64, "group": str})
     return table.set_index("id")["fold"]
+
+
+def check_groups_kept(path: Path, folds: np.ndarray, groups: np.ndarray | None) -> None:
+    """Refuse folds (read from ``path``) that put clips of one group in several folds.
+
+    A ``folds.csv`` made without grouping (or with another grouping) would let a site's
+    clips be trained on and scored in different folds: optimistic OOF scores.
+
+    Raises:
+        Level1Error: a group is split, with the way to rebuild.
+    """
+    if groups is None:
+        return
+    listed = folds >= 0
+    spread = pd.Series(folds[listed]).groupby(pd.Series(np.asarray(groups)[listed])).nunique()
+    split = spread[spread > 1]
+    if len(split):
+        raise Level1Error(
+            f"{path} splits {len(split)} group(s) across folds (e.g. {list(split.index[:3])}):"
+            " its folds were made without this grouping, so clips of one group would be"
+            " trained on and scored in different folds (optimistic OOF scores). Delete it"
+            " (and re-run `jungle finetune --fold K` if its checkpoints used those folds),"
+            " or pass a --folds-csv grouped the same way"
+        )

@@ -46,7 +46,7 @@ from pool.data import (
     load_training_data,
     open_stores,
 )
-from pool.folds import inner_split, make_folds, write_folds
+from pool.folds import check_groups_kept, inner_split, make_folds, write_folds
 from pool.histogram import SCORE_BATCH, HistogramModel, fit_histogram
 from pool.labels import BLANK
 from pool.metrics import evaluate, prior_oof
@@ -217,17 +217,7 @@ def _folds_from_table(data: Level1Data, path: Path, table: pd.DataFrame) -> np.n
         )
     rows = table.loc[data.block.ids]
     folds = rows["fold"].to_numpy(dtype=np.int64)
-    if data.groups is not None:
-        spread = pd.Series(folds).groupby(pd.Series(data.groups)).nunique()
-        split = spread[spread > 1]
-        if len(split):
-            raise Level1Error(
-                f"{path} splits {len(split)} group(s) across folds (e.g. {list(split.index[:3])}):"
-                " its folds were made without this grouping, so clips of one group would be"
-                " trained on and scored in different folds (optimistic OOF scores). Delete it"
-                " (and re-run `jungle finetune --fold K` if its checkpoints used those folds),"
-                " or pass a --folds-csv grouped the same way"
-            )
+    check_groups_kept(path, folds, data.groups)
     if data.groups is None and "group" in rows:
         data.groups = rows["group"].fillna("").to_numpy(dtype=str)
     return folds

@@ -289,6 +289,11 @@ def test_folds_are_made_grouped_written_and_reused(demo: Demo, tmp_path: Path) -
     train2, held2 = fold_split(config(demo, tmp_path / "other", folds_csv=partial), data)
     assert set(train2) | set(held2) == set(range(10, LABELLED))
     assert not (tmp_path / "other").exists()  # reused, not written again
+    # folds made without grouping that split a site: refused under --group-column
+    leaky = written.assign(fold=np.arange(len(written)) % written["fold"].nunique())
+    leaky.to_csv(tmp_path / "leaky.csv", index=False)
+    with pytest.raises(FinetuneError, match="splits .* group"):
+        fold_split(config(demo, tmp_path / "l", folds_csv=tmp_path / "leaky.csv"), data)
 
 
 def test_bad_inputs_give_clear_errors(demo: Demo, tuned: Path, tmp_path: Path) -> None:
