@@ -258,11 +258,6 @@ class FeatureStore:
             self.ids: list[str] = read_strings(f, "clips/id")
             self.layers: list[str] = list(self.extraction["layers"])
             self.attrs: dict[str, object] = {k: f.attrs[k] for k in f.attrs}
-            self.widths: dict[str, int] = {
-                name: int(f[f"features/{name}"].shape[2])
-                for name in self.layers
-                if f"features/{name}" in f
-            }
 
     def __len__(self) -> int:
         return len(self.ids)

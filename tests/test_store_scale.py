@@ -211,6 +211,20 @@ def test_merge_refuses_other_settings_and_conflicting_clips(tmp_path: Path) -> N
     assert "Traceback" not in cli.stderr and not (tmp_path / "cli.h5").exists()
 
 
+#: the settings of :func:`_small` as `jungle features` options.
+SMALL_CLI = (
+    "--no-progress",
+    "--frames",
+    "4",
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+    "--batch-frames",
+    "8",
+)
+
+
 def _small(**update: object) -> FeaturesConfig:
     return FeaturesConfig(
         frames=4, image_size=32, workers=0, batch_frames=8, shard_clips=2
@@ -229,13 +243,7 @@ def test_same_names_in_two_cards_are_never_mixed(tmp_path: Path) -> None:
         str(card_b),
         "--out",
         str(out),
-        "--no-progress",
-        "--frames",
-        "4",
-        "--image-size",
-        "32",
-        "--workers",
-        "0",
+        *SMALL_CLI,
     )
     assert refused.returncode == 2, refused.stderr
     assert "was made from the clips in" in refused.stderr and "Traceback" not in refused.stderr
@@ -294,15 +302,7 @@ def test_shards_merged_equal_the_whole_run(tmp_path: Path) -> None:
             str(part),
             "--shard",
             f"{i}/3",
-            "--no-progress",
-            "--frames",
-            "4",
-            "--image-size",
-            "32",
-            "--workers",
-            "0",
-            "--batch-frames",
-            "8",
+            *SMALL_CLI,
         )
         assert done.returncode == 0, done.stderr
         parts.append(part)
