@@ -91,6 +91,20 @@ class ArrayFeatures(FeatureReader):
         return self.x[np.asarray(rows, dtype=np.int64)]
 
 
+class RowFeatures(FeatureReader):
+    """Rows ``rows`` (sorted) of another reader, read through it (nothing is read here)."""
+
+    def __init__(self, base: FeatureReader, rows: np.ndarray) -> None:
+        self.base = base
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.n, self.frames, self.dims = len(self.rows), base.frames, base.dims
+        self.in_memory = base.in_memory
+        self.chunk_clips = base.chunk_clips
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.read(self.rows[np.asarray(rows, dtype=np.int64)])
+
+
 class StoreFeatures(FeatureReader):
     """Features streamed from one or several stores, concatenated along C.
 
@@ -173,6 +187,20 @@ class FeatureBlock:
     def dims(self) -> int:
         """C: feature channels per frame."""
         return self.features.dims
+
+    def view(self, rows: np.ndarray) -> FeatureBlock:
+        """Clips ``rows`` (sorted ascending) as a block whose features are still read on
+        demand from this block's reader (what the estimators of a fold are given)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
+            raise ValueError("view rows must be sorted ascending and distinct")
+        return FeatureBlock(
+            [self.ids[i] for i in rows],
+            RowFeatures(self.features, rows),
+            self.mask[rows],
+            self.meta[rows],
+            self.layout,
+        )
 
     def subset(self, rows: np.ndarray) -> FeatureBlock:
         """Clips ``rows`` (sorted) as a block whose features are read now, into memory."""

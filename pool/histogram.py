@@ -13,8 +13,9 @@
 
 Honesty: the boosters must learn from frame probabilities of clips the frame classifier
 did not see. Within a fold's training part the frame classifier is cross-fitted on
-``frame_folds`` inner folds (each clip is scored by the classifier that did not train on
-it). Boosters train on the inner fit part and stop early on the inner validation part.
+``frame_folds`` inner folds by :func:`pool.oof.cross_fit` (each clip is scored by the
+classifier that did not train on it). Boosters train on the inner fit part and stop early
+on the inner validation part.
 Held-out and new clips are scored by each frame classifier in turn, and the boosters'
 outputs are averaged over the classifiers.
 
@@ -38,11 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import xgboost as xgb
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from pool.config import HistogramConfig
 from pool.data import BlockShuffle, FeatureBlock, frame_moments, sequential, shuffled_batches
 from pool.folds import make_folds
+from pool.oof import cross_fit
 from pool.train_torch import seeded
 
 log = logging.getLogger(__name__)
@@ -347,6 +350,41 @@ class HistogramModel:
         return cls(config, classifiers, ckpt["boosters"], ckpt["info"])
 
 
+class FrameScorer(BaseEstimator):
+    """The frame classifier as an estimator: ``fit`` trains it on a block's clips,
+    ``transform`` gives the :func:`clip_statistics` of a block's clips (what the boosters
+    learn from). ``moments``: the frame standardisation, fixed beforehand (it uses no labels)."""
+
+    def __init__(
+        self,
+        config: HistogramConfig | None = None,
+        blank: int | None = None,
+        moments: tuple[np.ndarray, np.ndarray] | None = None,
+        random_state: int = 0,
+        device: str = "cpu",
+        shuffle: BlockShuffle | None = None,
+    ) -> None:
+        self.config = config
+        self.blank = blank
+        self.moments = moments
+        self.random_state = random_state
+        self.device = device
+        self.shuffle = shuffle
+
+    def fit(self, X: FeatureBlock, y: np.ndarray) -> FrameScorer:
+        cfg = self.config or HistogramConfig()
+        moments = self.moments or frame_moments(X.features, X.mask, np.arange(len(X)))
+        rows = np.arange(len(X))
+        device = torch.device(self.device)
+        args = (cfg, X, y, rows, self.blank, moments, self.random_state, device, self.shuffle)
+        self.classifier_ = fit_frame_classifier(*args)
+        return self
+
+    def transform(self, X: FeatureBlock) -> np.ndarray:
+        cfg = self.config or HistogramConfig()
+        return score_clips([self.classifier_], X, np.arange(len(X)), cfg.bins)[0]
+
+
 def fit_histogram(
     cfg: HistogramConfig,
     block: FeatureBlock,
@@ -373,22 +411,17 @@ def fit_histogram(
     k = min(cfg.frame_folds, n_units)
     inner = make_folds(targets[train_rows], k, seed, part_groups)
     moments = frame_moments(block.features, block.mask, train_rows)  # shared: no labels
-    classifiers = []
-    stats = np.empty((len(train_rows), targets.shape[1] * (len(STATISTICS) + cfg.bins)), np.float32)
-    for j in range(k):
-        clf = fit_frame_classifier(
-            cfg,
-            block,
-            targets,
-            train_rows[inner != j],
-            blank,
-            moments,
-            seed + 7919 * (j + 1),
-            device,
-            shuffle,
-        )
-        classifiers.append(clf)
-        stats[inner == j] = score_clips([clf], block, train_rows[inner == j], cfg.bins)[0]
+    scorer = FrameScorer(cfg, blank, moments, seed, str(device), shuffle)
+    crossed = cross_fit(
+        scorer,
+        block.view(train_rows),
+        targets[train_rows],
+        inner,
+        method="transform",
+        fold_params=lambda j: {"random_state": seed + 7919 * (j + 1)},
+    )
+    stats = crossed.oof
+    classifiers = [m.classifier_ for m in crossed.models]
     is_val = np.isin(train_rows, val_rows)
     boosters = [
         _fit_booster(

@@ -1,21 +1,9 @@
 """``train_level1``: train every level-1 model on k folds and write the run directory;
 ``predict_level1``: level-1 predictions of new clips from a finished run.
 
-Run directory layout::
-
-    RUN/
-      config.yaml          the resolved config (absolute paths, every default spelled out)
-      classes.json         output classes, in column order (sorted species, then "blank")
-      inputs.json          per store: path, layers, channels per layer, frames, extraction
-                           (a per-fold store: its {fold} pattern, and per fold the path and
-                           extraction, e.g. each fold's fine-tuned checkpoint)
-      folds.csv            id, fold[, group]: made once (or reused from --folds-csv or an
-                           existing RUN/folds.csv), used by every model and level 2
-      targets.csv          id + one 0/1 column per class (the labels as matched)
-      skipped.csv          filepath, reason: label rows without features (--skip-missing)
-      oof/MODEL.csv        id + one probability column per class, every labelled clip once
-      models/MODEL/fold_K.pt   checkpoint of fold K (torch.load(..., weights_only=True))
-      metrics.json         OOF scores per model and for the class prior, per-fold details
+The run directory's layout and lineage belong to :class:`pool.rundir.Run`. Every model is a
+:class:`pool.estimators.Level1Classifier`, trained fold by fold by the one out-of-fold loop
+:func:`pool.oof.cross_fit` on the run's ``folds.csv``.
 
 Memory: the features of the labelled clips are held in RAM or streamed from the stores
 block by block (``features_in_memory``, see :func:`pool.data.load_block`); either way the
@@ -25,50 +13,27 @@ block of clips once and applies every fold model to it.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from extract.store import FeatureStore
-from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml, load_config
-from pool.data import (
-    BlockShuffle,
-    FeatureBlock,
-    Level1Data,
-    load_block,
-    load_training_data,
-    open_stores,
-)
-from pool.folds import check_groups_kept, inner_split, make_folds, write_folds
-from pool.histogram import SCORE_BATCH, HistogramModel, fit_histogram
-from pool.labels import BLANK
+from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml
+from pool.data import FeatureBlock, Level1Data, load_block, load_training_data, open_stores
+from pool.estimators import Level1Classifier, load_estimator
+from pool.folds import check_groups_kept, make_folds, write_folds
+from pool.histogram import SCORE_BATCH
 from pool.metrics import evaluate, prior_oof
-from pool.train_torch import PREDICT_BATCH, NetModel, fit_net, resolve_device
+from pool.oof import cross_fit
+from pool.rundir import Run
+from pool.train_torch import PREDICT_BATCH
 
 log = logging.getLogger(__name__)
 
-#: files and folders a run writes (``--overwrite`` removes only these).
-RUN_ITEMS = (
-    "config.yaml",
-    "classes.json",
-    "inputs.json",
-    "folds.csv",
-    "targets.csv",
-    "skipped.csv",
-    "oof",
-    "models",
-    "metrics.json",
-    "level2",  # trained on this level 1's OOF: retraining level 1 invalidates it
-)
-
-FoldModel = NetModel | HistogramModel
 #: k when folds are made and the config gives none.
 DEFAULT_FOLDS = 5
 
@@ -79,106 +44,51 @@ def model_seed(seed: int, model: str, fold: int) -> int:
     return int(state) % (2**31 - 1)
 
 
-def _check_run_dir(run: Path, overwrite: bool) -> None:
-    """Refuse to write into an earlier run unless ``overwrite`` (a ``folds.csv`` alone, as
-    ``jungle finetune`` leaves it, is not a run)."""
-    present = [name for name in RUN_ITEMS if (run / name).exists() and name != "folds.csv"]
-    if present and not overwrite:
-        raise Level1Error(
-            f"{run} already holds a level-1 run ({', '.join(present)}); choose another --run "
-            "or pass --overwrite"
-        )
-    if run.exists() and not run.is_dir():
-        raise Level1Error(f"run directory {run} is a file")
-
-
-def _prepare_run_dir(run: Path) -> None:
-    """Remove an earlier run's files (only those a run writes) and create the folders."""
-    present = [name for name in RUN_ITEMS if (run / name).exists()]
-    for name in present:
-        target = run / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    (run / "oof").mkdir(parents=True, exist_ok=True)
-    (run / "models").mkdir(exist_ok=True)
-
-
-def fit_fold_model(
-    name: str,
-    config: Level1Config,
-    data: Level1Data,
-    fit_rows: np.ndarray,
-    val_rows: np.ndarray,
-    seed: int,
-    device: torch.device,
-) -> FoldModel:
-    """Train model ``name`` on ``fit_rows``, stopping early on ``val_rows``."""
-    if name == "histogram":
-        return fit_histogram(
-            config.histogram,
-            data.block,
-            data.targets,
-            data.groups,
-            data.classes.index(BLANK) if BLANK in data.classes else None,
-            fit_rows,
-            val_rows,
-            seed,
-            device,
-            config.threads,
-            BlockShuffle.from_config(config),
-        )
-    return fit_net(
-        name,
-        config.net(name),
-        data.block,
-        data.targets,
-        fit_rows,
-        val_rows,
-        seed,
-        device,
-        BlockShuffle.from_config(config),
+def estimator(
+    name: str, config: Level1Config, classes: list[str], fold: int = 0
+) -> Level1Classifier:
+    """Model ``name`` of ``config`` as an estimator, seeded for fold ``fold`` (the inner
+    early-stopping split of a fold is the same for every model)."""
+    return Level1Classifier(
+        model=name,
+        config=config.histogram if name == "histogram" else config.net(name),
+        classes=classes,
+        inner_val_fraction=config.inner_val_fraction,
+        split_seed=config.seed + 1 + fold,
+        random_state=model_seed(config.seed, name, fold),
+        device=config.device,
+        threads=config.threads,
+        shuffle_block_clips=config.shuffle_block_clips,
+        shuffle_window_mb=config.shuffle_window_mb,
     )
 
 
-def load_fold_model(path: Path, device: torch.device | str = "cpu") -> FoldModel:
-    """Load a fold checkpoint written by :func:`train_level1`."""
-    device = torch.device(device)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt["kind"] == "histogram":
-        return HistogramModel.from_checkpoint(ckpt, device)
-    return NetModel.from_checkpoint(ckpt, device)
+def _fold_params(name: str, config: Level1Config, classes: list[str], fold: int) -> dict:
+    return estimator(name, config, classes, fold).get_params()
 
 
-def _write_oof(path: Path, ids: Sequence[str], probs: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame(probs, columns=classes)
-    table.insert(0, "id", list(ids))
-    table.to_csv(path, index=False, float_format="%.7g")
-
-
-def read_targets(run_dir: Path | str) -> pd.DataFrame:
-    """The 0/1 targets of a run's labelled clips: indexed by clip id, one column per class."""
-    return pd.read_csv(Path(run_dir) / "targets.csv", dtype={"id": str}).set_index("id")
-
-
-def read_oof(run_dir: Path | str, model: str) -> pd.DataFrame:
-    """OOF probabilities of ``model`` from a run: indexed by clip id, one column per class."""
-    return pd.read_csv(Path(run_dir) / "oof" / f"{model}.csv", dtype={"id": str}).set_index("id")
-
-
-def _fold_splits(
-    data: Level1Data, folds: np.ndarray, k: int, config: Level1Config
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per fold: ``(fit rows, inner validation rows, held-out rows)``; the inner split of a
-    fold is shared by every model."""
-    splits = []
-    for fold in range(k):
-        held = np.flatnonzero(folds == fold)
-        train = np.flatnonzero(folds != fold)
-        groups = data.groups[train] if data.groups is not None else None
-        is_val = inner_split(
-            data.targets[train], config.inner_val_fraction, config.seed + 1 + fold, groups
-        )
-        splits.append((train[~is_val], train[is_val], held))
-    return splits
+def _save_fold(
+    run: Run,
+    name: str,
+    targets: np.ndarray,
+    classes: list[str],
+    record: list[dict],
+    fold: int,
+    model: Level1Classifier,
+    held: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """After fold ``fold`` of model ``name``: save it, record and log its held-out score."""
+    model.save(run.checkpoint(name, fold))
+    loss = evaluate(targets[held], out, classes)["log_loss"]
+    record.append({"fold": fold, "held_out_log_loss": loss, **model.info})
+    log.info(
+        "%s fold %d: held-out log loss %.4f (%s)",
+        name,
+        fold,
+        loss,
+        ", ".join(f"{key}={value:.4g}" for key, value in model.info.items()),
+    )
 
 
 def existing_folds(config: Level1Config) -> tuple[Path, pd.DataFrame] | None:
@@ -239,18 +149,6 @@ def _open_fold_stores(config: Level1Config, k: int) -> list[list[FeatureStore]]:
     return per_fold
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run a block with ``threads`` torch CPU threads (if given), restoring the number after."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     """Train ``config.models`` on k folds; write the run directory (module docstring).
 
@@ -270,13 +168,13 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
     config = config.resolved()
     if not config.labels.is_file():
         raise Level1Error(f"labels file {config.labels} does not exist")
-    run = config.run
-    _check_run_dir(run, overwrite)
+    run = Run(config.run)
+    run.check_writable(overwrite)
     reused = existing_folds(config)
     if config.per_fold and reused is None:
         raise Level1Error(
             "per-fold feature stores ({fold} in a --features path) need the folds they were "
-            f"made with: {run / 'folds.csv'} (written by `jungle finetune --fold K`) or "
+            f"made with: {run.file('folds.csv')} (written by `jungle finetune --fold K`) or "
             "--folds-csv"
         )
     if reused is not None:
@@ -298,19 +196,19 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
         folds = make_folds(data.targets, k, config.seed, data.groups)
     ids, targets, classes, groups = data.block.ids, data.targets, data.classes, data.groups
     n, n_classes = targets.shape
-    splits = _fold_splits(data, folds, k, config)
-    _prepare_run_dir(run)
-    (run / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
-    (run / "classes.json").write_text(json.dumps(classes, indent=1) + "\n", encoding="utf-8")
+    run.clear()
+    run.file("config.yaml").write_text(config_yaml(config), encoding="utf-8")
+    run.write_json("classes.json", classes)
     inputs = {
         "stores": _store_layout(config, data.block.layout, stores),
         "meta_fields": config.meta_fields,
         "clips": n,
     }
-    (run / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n", encoding="utf-8")
-    write_folds(run / "folds.csv", ids, folds, groups)
-    _write_oof(run / "targets.csv", ids, targets, classes)
-    data.skipped.to_csv(run / "skipped.csv", index=False)
+    run.write_json("inputs.json", inputs)
+    write_folds(run.file("folds.csv"), ids, folds, groups)
+    run.write_table(run.file("targets.csv"), ids, targets, classes)
+    stores[0][0].meta().loc[ids].to_csv(run.file("meta.csv"))
+    data.skipped.to_csv(run.file("skipped.csv"), index=False)
     log.info(
         "%d clips, %d classes, %d folds%s%s; models: %s",
         n,
@@ -320,42 +218,32 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
         ", one feature store per fold" if config.per_fold else "",
         ", ".join(config.models),
     )
+    blocks = {0: data.block}
 
-    device = resolve_device(config.device)
-    oof = {name: np.full((n, n_classes), np.nan, dtype=np.float32) for name in config.models}
-    training: dict[str, list[dict]] = {name: [] for name in config.models}
-    for name in config.models:
-        (run / "models" / name).mkdir(exist_ok=True)
-    with torch_threads(config.threads):
-        for fold, (fit_rows, val_rows, held) in enumerate(splits):
-            if config.per_fold and fold > 0:
-                data = _fold_data(config.for_fold(fold), stores[fold], ids, targets, groups)
-            for name in config.models:
-                model = fit_fold_model(
-                    name,
-                    config,
-                    data,
-                    fit_rows,
-                    val_rows,
-                    model_seed(config.seed, name, fold),
-                    device,
-                )
-                oof[name][held] = model.predict(data.block, held)
-                torch.save(model.checkpoint(), run / "models" / name / f"fold_{fold}.pt")
-                fold_loss = evaluate(targets[held], oof[name][held], classes)["log_loss"]
-                training[name].append({"fold": fold, "held_out_log_loss": fold_loss, **model.info})
-                log.info(
-                    "%s fold %d/%d: held-out log loss %.4f (%s)",
-                    name,
-                    fold + 1,
-                    k,
-                    fold_loss,
-                    ", ".join(f"{key}={value:.4g}" for key, value in model.info.items()),
-                )
+    def fold_block(fold: int) -> FeatureBlock:
+        """Fold ``fold``'s features: its own stores when they are per fold."""
+        if fold not in blocks:
+            blocks.clear()  # one fold's block at a time
+            blocks[fold] = _fold_data(config.for_fold(fold), stores[fold], ids, targets).block
+        return blocks[fold]
+
+    training: dict[str, list[dict]] = {}
     scores: dict[str, dict] = {}
     for name in config.models:
-        _write_oof(run / "oof" / f"{name}.csv", ids, oof[name], classes)
-        scores[name] = evaluate(targets, oof[name], classes)
+        (run.path / "models" / name).mkdir(exist_ok=True)
+        training[name] = []
+
+        result = cross_fit(
+            estimator(name, config, classes),
+            fold_block if config.per_fold else data.block,
+            targets,
+            folds,
+            groups=groups,
+            fold_params=partial(_fold_params, name, config, classes),
+            on_fold=partial(_save_fold, run, name, targets, classes, training[name]),
+        )
+        run.write_table(run.oof_path(name), ids, result.oof, classes)
+        scores[name] = evaluate(targets, result.oof, classes)
     scores["prior"] = evaluate(targets, prior_oof(targets, folds), classes)
     metrics = {
         "clips": n,
@@ -365,8 +253,9 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
         "scores": scores,
         "training": training,
     }
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    return run
+    run.write_lineage(list(dict.fromkeys(store.path for fold in stores for store in fold)))
+    run.write_json("metrics.json", metrics)
+    return run.path
 
 
 def _fold_data(
@@ -374,7 +263,6 @@ def _fold_data(
     stores: list[FeatureStore],
     ids: list[str],
     targets: np.ndarray,
-    groups: np.ndarray | None,
 ) -> Level1Data:
     """Fold K's data (its own stores), checked to be the same clips and targets as fold 0's."""
     data = load_training_data(config, stores)
@@ -383,7 +271,6 @@ def _fold_data(
             f"the stores {[str(s.path) for s in config.features]} do not give the same "
             "labelled clips as fold 0's stores"
         )
-    data.groups = groups
     return data
 
 
@@ -429,12 +316,11 @@ def predict_level1(
     Raises:
         Level1Error: not a finished run, or stores that do not match the run's inputs.
     """
-    run = Path(run_dir)
-    if not (run / "metrics.json").is_file():
-        raise Level1Error(f"{run} is not a finished level-1 run (no metrics.json)")
-    config = load_config(run / "config.yaml", {})
-    classes = json.loads((run / "classes.json").read_text(encoding="utf-8"))
-    inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
+    run = Run(run_dir)
+    run.require_level1()
+    config = run.config()
+    classes = run.classes()
+    inputs = run.inputs()
     trained = inputs["stores"]
     if len(stores) != len(trained):
         raise Level1Error(f"the run was trained on {len(trained)} store(s), got {len(stores)}")
@@ -456,13 +342,14 @@ def predict_level1(
         raise Level1Error(f"the run has no model {unknown}; it has {config.models}")
     checkpoints = {}
     for name in names:
-        paths = [run / "models" / name / f"fold_{fold}.pt" for fold in range(config.folds)]
+        paths = [run.checkpoint(name, fold) for fold in range(config.folds)]
         if not all(p.is_file() for p in paths):
-            raise Level1Error(f"{run}: checkpoints of {name} are missing, expected {config.folds}")
+            raise Level1Error(
+                f"{run.path}: checkpoints of {name} are missing, expected {config.folds}"
+            )
         checkpoints[name] = paths
-    torch_device = resolve_device(device)
     fold_models = {
-        name: [load_fold_model(path, torch_device) for path in paths]
+        name: [load_estimator(path, device) for path in paths]
         for name, paths in checkpoints.items()
     }
     per_fold = any(source.per_fold for source in sources)
@@ -490,7 +377,7 @@ def predict_level1(
             part = block.subset(np.arange(start, min(start + step, len(block))))
             for fold in folds:
                 for name in names:
-                    probs = fold_models[name][fold].predict(part)
+                    probs = fold_models[name][fold].predict_proba(part)
                     sums[name][start : start + len(part)] += probs.astype(np.float64)
     return {
         name: pd.DataFrame(

@@ -13,8 +13,10 @@ import pytest
 
 from pool.config import FeatureSource, Level1Error
 from pool.data import load_block
+from pool.estimators import load_estimator
 from pool.folds import read_folds
-from pool.run import load_fold_model, predict_level1, read_oof, train_level1
+from pool.run import predict_level1, train_level1
+from pool.rundir import Run
 from tests.pool.support import Synthetic, fast_config
 
 POOL = {"models": ["pool"], "pool": {"epochs": 4, "patience": 2, "use_meta": False}}
@@ -59,7 +61,7 @@ def test_per_fold_stores_fold_k_uses_store_k(
         )
     )
     folds = read_folds(run)
-    oof = read_oof(run, "pool")
+    oof = Run(run).oof("pool")
     pd.testing.assert_series_equal(folds, read_folds(folds_csv).loc[folds.index])
     # fold K's OOF rows are exactly those of a plain run on store K with the same folds
     for fold in range(3):
@@ -74,9 +76,9 @@ def test_per_fold_stores_fold_k_uses_store_k(
             )
         )
         held = folds.index[folds == fold]
-        pd.testing.assert_frame_equal(oof.loc[held], read_oof(plain, "pool").loc[held])
+        pd.testing.assert_frame_equal(oof.loc[held], Run(plain).oof("pool").loc[held])
         if fold:  # and not those of store 0: the stores really differ
-            other = read_oof(tmp_path / "plain0", "pool").loc[held]
+            other = Run(tmp_path / "plain0").oof("pool").loc[held]
             assert np.abs(oof.loc[held].to_numpy() - other.to_numpy()).max() > 1e-3
 
     # prediction: fold K's model on store K, averaged over folds
@@ -85,8 +87,8 @@ def test_per_fold_stores_fold_k_uses_store_k(
     for fold in range(3):
         source = FeatureSource(path=Path(pattern.replace("{fold}", str(fold))))
         block = load_block([source], ["file_size", "width", "height", "fps", "duration", "bitrate"])
-        model = load_fold_model(run / "models" / "pool" / f"fold_{fold}.pt")
-        expected.append(model.predict(block))
+        model = load_estimator(Run(run).checkpoint("pool", fold))
+        expected.append(model.predict_proba(block))
     np.testing.assert_allclose(got.to_numpy(), np.mean(expected, axis=0), atol=1e-6)
     with pytest.raises(Level1Error, match="one store per fold"):
         predict_level1(run, [fold_stores / "features_fold0.h5"], device="cpu")

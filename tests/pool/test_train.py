@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +12,25 @@ import yaml
 from extract.store import FeatureStore
 from pool.config import MODELS, FeatureSource, Level1Error
 from pool.data import load_block
+from pool.estimators import load_estimator
 from pool.folds import read_folds
-from pool.run import load_fold_model, predict_level1, read_oof, train_level1
+from pool.run import predict_level1, train_level1
+from pool.rundir import Run
 from pool.synthetic import SyntheticSpec, write_synthetic_store
 from tests.pool.support import Synthetic, fast_config
 
 
 def scores(run: Path) -> dict[str, dict]:
-    return json.loads((run / "metrics.json").read_text())["scores"]
+    return Run(run).metrics()["scores"]
 
 
 def test_run_directory_layout(trained_run: Path, synthetic: Synthetic) -> None:
-    classes = json.loads((trained_run / "classes.json").read_text())
+    classes = Run(trained_run).classes()
     assert classes == ["chimpanzee", "duiker", "elephant", "hog", "leopard", "monkey", "blank"]
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["folds"] == 3 and config["models"] == list(MODELS)
     assert Path(config["labels"]).is_absolute()
-    inputs = json.loads((trained_run / "inputs.json").read_text())
+    inputs = Run(trained_run).inputs()
     assert inputs["stores"][0]["dims"] == [16, 48]
     assert pd.read_csv(trained_run / "skipped.csv").empty
     for model in MODELS:
@@ -38,7 +39,7 @@ def test_run_directory_layout(trained_run: Path, synthetic: Synthetic) -> None:
             "fold_1.pt",
             "fold_2.pt",
         ]
-    metrics = json.loads((trained_run / "metrics.json").read_text())
+    metrics = Run(trained_run).metrics()
     assert set(metrics["scores"]) == {*MODELS, "prior"}
     for m in metrics["scores"].values():
         assert set(m["roc_auc"]) == set(classes)
@@ -51,7 +52,7 @@ def test_oof_covers_every_labelled_clip_once(trained_run: Path, synthetic: Synth
     folds = read_folds(trained_run)
     assert set(folds.index) == labelled and folds.index.is_unique
     for model in MODELS:
-        oof = read_oof(trained_run, model)
+        oof = Run(trained_run).oof(model)
         assert oof.index.is_unique and set(oof.index) == labelled
         values = oof.to_numpy()
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
@@ -73,7 +74,7 @@ def test_same_seed_same_oof_whatever_else_is_trained(
         fast_config(synthetic, tmp_path / "again", models=["histogram", "attention"])
     )
     for model in ("attention", "histogram"):
-        pd.testing.assert_frame_equal(read_oof(run, model), read_oof(trained_run, model))
+        pd.testing.assert_frame_equal(Run(run).oof(model), Run(trained_run).oof(model))
     assert (run / "folds.csv").read_bytes() == (trained_run / "folds.csv").read_bytes()
 
 
@@ -81,14 +82,15 @@ def test_fold_checkpoints_reproduce_the_oof(trained_run: Path, synthetic: Synthe
     folds = read_folds(trained_run)
     block = load_block(*_sources(trained_run, [synthetic.store]), ids=list(folds.index))
     for model in MODELS:
-        oof = read_oof(trained_run, model).loc[block.ids].to_numpy()
-        fold_model = load_fold_model(trained_run / "models" / model / "fold_1.pt")
+        oof = Run(trained_run).oof(model).loc[block.ids].to_numpy()
+        fold_model = load_estimator(Run(trained_run).checkpoint(model, 1))
         held = np.flatnonzero(folds.loc[block.ids].to_numpy() == 1)
-        np.testing.assert_allclose(fold_model.predict(block, held), oof[held], atol=1e-6)
+        got = fold_model.predict_proba(block.view(held))
+        np.testing.assert_allclose(got, oof[held], atol=1e-6)
 
 
 def _sources(run: Path, stores: list[Path]) -> tuple[list[FeatureSource], list[str]]:
-    inputs = json.loads((run / "inputs.json").read_text())
+    inputs = Run(run).inputs()
     sources = [
         FeatureSource(path=p, layers=item["layers"])
         for p, item in zip(stores, inputs["stores"], strict=True)
@@ -100,14 +102,14 @@ def test_predict_level1_on_every_clip_of_a_store(trained_run: Path, synthetic: S
     first = predict_level1(trained_run, [synthetic.store], device="cpu")
     again = predict_level1(trained_run, [synthetic.store], models=["pool"], device="cpu")
     store_ids = FeatureStore(synthetic.store).ids
-    classes = json.loads((trained_run / "classes.json").read_text())
+    classes = Run(trained_run).classes()
     assert list(first) == list(MODELS)
     for frame in first.values():
         assert frame.index.tolist() == store_ids and frame.columns.tolist() == classes
         assert np.isfinite(frame.to_numpy()).all()
     pd.testing.assert_frame_equal(first["pool"], again["pool"])
     # the mean of the fold models agrees with the OOF of each clip's held-out model roughly
-    oof = read_oof(trained_run, "attention").loc[store_ids]
+    oof = Run(trained_run).oof("attention").loc[store_ids]
     agree = np.mean(oof.to_numpy().argmax(1) == first["attention"].to_numpy().argmax(1))
     assert agree > 0.8
 
@@ -146,7 +148,7 @@ def test_grouped_run_keeps_sites_apart(synthetic: Synthetic, tmp_path: Path) -> 
     assert folds.groupby("group")["fold"].nunique().max() == 1
     labels = pd.read_csv(synthetic.labels_csv).set_index("filepath")
     assert (labels.loc[folds["id"], "site"].to_numpy() == folds["group"].to_numpy()).all()
-    assert set(read_oof(run, "pool").index) == set(folds["id"])
+    assert set(Run(run).oof("pool").index) == set(folds["id"])
 
 
 def test_reused_ungrouped_folds_that_split_a_group_are_refused(
