@@ -38,6 +38,7 @@ from pool.finetune import load_config as finetune_config  # noqa: E402
 from pool.folds import read_folds  # noqa: E402
 from pool.metrics import metrics_table  # noqa: E402
 from pool.run import train_level1  # noqa: E402
+from pool.rundir import Run  # noqa: E402
 from stack.evaluate import evaluate_predictions, report_tables  # noqa: E402
 from stack.predict import predict  # noqa: E402
 from stack.train import train_level2  # noqa: E402
@@ -61,7 +62,7 @@ def main() -> None:
     frozen_run, train_csv = demo / "run", demo / "data" / "train.csv"
     if not (frozen_run / "level2" / "model.json").is_file():
         raise SystemExit(f"{frozen_run} is not a finished demo run: run `make demo` first")
-    frozen = json.loads((frozen_run / "inputs.json").read_text())["stores"][0]["extraction"]
+    frozen = Run(frozen_run).inputs()["stores"][0]["extraction"]
     run = demo / "finetuned"
     run.mkdir(exist_ok=True)
     shutil.copy(frozen_run / "folds.csv", run / "folds.csv")  # the same folds as the frozen run
@@ -108,9 +109,9 @@ def main() -> None:
     )
     train_level1(level1.resolved(), overwrite=True)
     tuned = train_level2(run, seed=args.seed)
-    before = json.loads((frozen_run / "metrics.json").read_text())["scores"]
-    rows = {f"frozen {m}": s for m, s in before.items() if m not in ("prior", "level2_raw")}
-    rows |= {f"fine-tuned {m}": s for m, s in tuned.items() if m not in ("prior", "level2_raw")}
+    before = Run(frozen_run).metrics()["scores"]
+    rows = {f"frozen {m}": s for m, s in before.items() if m != "prior"}
+    rows |= {f"fine-tuned {m}": s for m, s in tuned.items() if m != "prior"}
     console.print(metrics_table(rows, title="out-of-fold scores on the training sites"))
     gain = before["level2"]["log_loss"] - tuned["level2"]["log_loss"]
     console.print(

@@ -1,28 +1,13 @@
-"""Per-class gradient boosting (LightGBM and XGBoost, blended) and probability clipping.
+"""Level-2 building blocks: per-class gradient boosting (LightGBM and XGBoost, blended),
+the logistic base blend of level-1 logits, and probability clipping.
 
 Targets are multi-label (a clip can hold two species; ``blank`` is a class of its own), so
-each class gets its own binary model: one LightGBM and one XGBoost booster, whose
-probabilities are averaged with equal weights. A class that is constant in a fold's training
-part gets a constant model (its training frequency).
-
-Boosting does not start from a constant but from a *base margin*: per class, an
-L2-regularised logistic regression over the logits of every level-1 model for every class,
-fit on the training part (:func:`fit_base`). The trees learn corrections to that blend from
-their inputs: by default (``tree_inputs="all"``, the Pri-matrix layout) every level-1
-probability of every class plus the clip metadata — file size and its z-score within the
-camera's resolution, duration, bitrate...; ``tree_inputs="meta"``: the metadata only.
-
-Measured on the demo data (sites held out by the folds; level-2 OOF log loss, and on two
-unseen sites): boosting over all inputs from a constant, 0.2619 / 0.1522; from a greedy
-equal-weight blend of level-1 logits, 0.2503 (all) and 0.2055 (meta) / 0.1606 and 0.2023;
-from the logistic blend, 0.1968 (all) and 0.2014 (meta) / 0.1384 and 0.1440; the logistic
-blend alone 0.2019 / 0.1428. On 200 training clips the logistic blend with trees gave
-0.2509 (all) and 0.2478 (meta) against 0.2659 for the best level-1 model.
-
-The number of rounds of each booster is chosen by inner cross-validation over the training
-part (:func:`choose_rounds`, inner folds grouped like the outer ones), from 0 up: when trees
-do not help on data they have not seen, the class model is the base blend itself. The
-held-out fold is never used for any choice.
+each class gets its own binary models: one LightGBM and one XGBoost booster, whose
+probabilities are averaged with equal weights. Boosting does not start from a constant but
+from a *base margin*: per class, an L2-regularised logistic regression over the logits of
+every level-1 model for every class, fit on the training part (:func:`fit_base`); the trees
+learn corrections to that blend. How many rounds (0 allowed), which inputs, and whether
+trees are used at all is chosen by :class:`stack.stacker.Stacker`'s inner cross-validation.
 """
 
 from __future__ import annotations
@@ -32,7 +17,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -50,8 +34,9 @@ LOGIT_EPS = 1e-5
 
 @dataclass(frozen=True)
 class BoostParams:
-    """Hyper-parameters shared by every class model (small data: shallow trees)."""
+    """Level-2 settings: the boosters' (small data: shallow trees) and the inner choice's."""
 
+    #: most boosting rounds of a tree candidate (scored at :data:`stack.candidates.STAGES`).
     rounds: int = 300
     learning_rate: float = 0.05
     num_leaves: int = 15
@@ -60,12 +45,13 @@ class BoostParams:
     subsample: float = 0.8
     colsample: float = 0.8
     reg_lambda: float = 1.0
+    #: inner cross-validation folds of the level-2 choice (:class:`stack.stacker.Stacker`).
     inner_folds: int = 3
+    #: the blend's inputs per class: ``own`` (each model's logit of that class) or ``all``
+    #: (every model's logit of every class), see :func:`fit_base`.
+    blend_inputs: str = "own"
     #: inverse L2 strength of the base blend's logistic regressions (:func:`fit_base`).
     base_c: float = 0.1
-    #: what the trees see: ``meta`` (clip metadata; level 1 enters through the base blend)
-    #: or ``all`` (also every level-1 model's probability of every class).
-    tree_inputs: Literal["meta", "all"] = "all"
     threads: int = 2
 
 
@@ -87,11 +73,14 @@ class ClassModel:
         self.rounds = rounds
         self.constant = constant
 
-    def predict(self, x: np.ndarray, margin: np.ndarray) -> np.ndarray:
-        """``(n,)`` probability of the class for inputs ``x`` and base margins ``margin``."""
+    def predict(self, x: np.ndarray, margin: np.ndarray, rounds: int | None = None) -> np.ndarray:
+        """``(n,)`` probability of the class for inputs ``x`` and base margins ``margin``
+        (after ``rounds`` boosting rounds when given, at most those trained)."""
         if self.constant is not None:
             return np.full(len(x), self.constant)
         lgb_rounds, xgb_rounds = self.rounds
+        if rounds is not None:
+            lgb_rounds, xgb_rounds = min(rounds, lgb_rounds), min(rounds, xgb_rounds)
         z_lgb = margin.astype(np.float64)
         if lgb_rounds:
             z_lgb = z_lgb + self.lgb_model.predict(x, num_iteration=lgb_rounds, raw_score=True)
@@ -225,50 +214,6 @@ def _train_xgb(
     return booster, list(record.get("val", {}).get("logloss", []))
 
 
-def choose_rounds(
-    x: np.ndarray,
-    y: np.ndarray,
-    margin: np.ndarray,
-    inner: np.ndarray,
-    params: BoostParams,
-    seed: int,
-) -> tuple[int, int]:
-    """Boosting rounds of LightGBM and XGBoost, each the argmin over ``0..params.rounds`` of
-    the inner-validation log loss summed over the inner folds (inner fold ``j`` validates a
-    model trained on the other inner folds; ``inner`` gives each row's inner fold). 0 means
-    the trees do not improve on the base blend for data they have not seen."""
-    curves = np.zeros((2, params.rounds + 1))
-    for j in np.unique(inner):
-        fit, val = inner != j, inner == j
-        if y[fit].min() == y[fit].max():
-            continue  # nothing to learn from this inner fold's training part
-        held = (x[val], y[val], margin[val])
-        start = _log_loss(y[val], _sigmoid(margin[val]))
-        for b, train in enumerate((_train_lgb, _train_xgb)):
-            _, curve = train(x[fit], y[fit], margin[fit], params.rounds, params, seed, held)
-            curves[b] += val.sum() * np.array([start, *curve])
-    best = np.argmin(np.round(curves, 10), axis=1)
-    return int(best[0]), int(best[1])
-
-
-def fit_class_model(
-    x: np.ndarray,
-    y: np.ndarray,
-    margin: np.ndarray,
-    inner: np.ndarray,
-    params: BoostParams,
-    seed: int,
-) -> ClassModel:
-    """Fit one class, boosting from the base ``margin`` (logits, ``(n,)``): rounds chosen by
-    :func:`choose_rounds` over the inner folds ``inner``, then each booster refit on every row."""
-    if y.min() == y.max():
-        return ClassModel(None, None, constant=float(np.clip(y.mean(), EPS, 1 - EPS)))
-    lgb_rounds, xgb_rounds = choose_rounds(x, y, margin, inner, params, seed)
-    lgb_model = _train_lgb(x, y, margin, lgb_rounds, params, seed)[0] if lgb_rounds else None
-    xgb_model = _train_xgb(x, y, margin, xgb_rounds, params, seed)[0] if xgb_rounds else None
-    return ClassModel(lgb_model, xgb_model, (lgb_rounds, xgb_rounds))
-
-
 def logit(p: np.ndarray) -> np.ndarray:
     """Log-odds of probabilities, clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]`` first."""
     p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
@@ -279,15 +224,19 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def fit_base(targets: np.ndarray, probs: Mapping[str, np.ndarray], c: float) -> dict:
+def fit_base(
+    targets: np.ndarray, probs: Mapping[str, np.ndarray], c: float, own_class: bool = False
+) -> dict:
     """The base blend: per class, an L2-regularised logistic regression over the logits of
-    every level-1 model for every class (so a class can borrow from the others, e.g. a low
-    ``blank`` probability). Fit it on the training part only.
+    the level-1 models. Fit it on the training part only.
 
     Args:
         targets: ``(n, K)`` 0/1.
         probs: level-1 probabilities per model, each ``(n, K)`` aligned with ``targets``.
         c: inverse regularisation strength (scikit-learn's ``C``); small: close to the prior.
+        own_class: True: class k's regression sees only every model's logit of class k (M
+            weights); False: every model's logit of every class (M x K weights, so a class
+            can borrow from the others, e.g. a low ``blank`` probability).
 
     Returns:
         JSON-able ``{"models", "coef" (K x M*K), "intercept" (K)}`` for :func:`base_margin`;
@@ -295,15 +244,17 @@ def fit_base(targets: np.ndarray, probs: Mapping[str, np.ndarray], c: float) -> 
     """
     models = sorted(probs)
     x = _base_inputs(probs, models)
-    coef = np.zeros((targets.shape[1], x.shape[1]))
-    intercept = np.zeros(targets.shape[1])
-    for k in range(targets.shape[1]):
+    n_classes = targets.shape[1]
+    coef = np.zeros((n_classes, x.shape[1]))
+    intercept = np.zeros(n_classes)
+    for k in range(n_classes):
         y = targets[:, k]
         if y.min() == y.max():
             intercept[k] = float(logit(np.array([y.mean()]))[0])
             continue
-        model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
-        coef[k], intercept[k] = model.coef_[0], model.intercept_[0]
+        cols = np.arange(k, x.shape[1], n_classes) if own_class else np.arange(x.shape[1])
+        model = LogisticRegression(C=c, max_iter=5000).fit(x[:, cols], y)
+        coef[k, cols], intercept[k] = model.coef_[0], model.intercept_[0]
     return {"models": models, "coef": coef.tolist(), "intercept": intercept.tolist()}
 
 

@@ -29,28 +29,27 @@ def train_level2_command(
     run: Annotated[Path, typer.Option(help="A finished `jungle train-level1` run directory.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="Threads of LightGBM and XGBoost.")] = 2,
-    tree_inputs: Annotated[
+    select: Annotated[
         str,
         typer.Option(
-            help="What the trees see besides the base blend: 'all' (every level-1 "
-            "probability and the clip metadata) or 'meta' (the metadata only)."
+            help="Choose the level-2 method by inner cross-validation 'overall' (one for "
+            "every class) or per 'class'."
         ),
-    ] = "all",
+    ] = "overall",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Train the level-2 stacker (LightGBM + XGBoost over level-1 OOF predictions and file
-    metadata), cross-validated on the run's folds; print prior, level-1 and level-2 scores."""
+    """Train the level-2 stacker on the run's folds: per fold it chooses, by inner
+    cross-validation, the best level-1 model, their mean, a logistic blend, or the blend plus
+    LightGBM + XGBoost on metadata (and level-1 probabilities); print every OOF score."""
     err = stderr_console()
     setup_logging(err, verbose)
     try:
-        if tree_inputs not in ("meta", "all"):
-            raise Level2Error(f"--tree-inputs must be 'meta' or 'all', not {tree_inputs!r}")
-        params = BoostParams(threads=threads, tree_inputs=tree_inputs)  # type: ignore[arg-type]
-        scores = train_level2(run, params, seed=seed)
+        if select not in ("overall", "class"):
+            raise Level2Error(f"--select must be 'overall' or 'class', not {select!r}")
+        scores = train_level2(run, BoostParams(threads=threads), seed=seed, select=select)
     except USER_ERRORS as exc:
         raise fail(err, str(exc)) from None
-    shown = {k: v for k, v in scores.items() if k != "level2_raw"}
-    err.print(metrics_table(shown, title="out-of-fold scores (prior, level 1, level 2)"))
+    err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))
     err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)
 
 

@@ -1,6 +1,5 @@
-"""Level-2 tree inputs: clip metadata (and, with ``tree_inputs="all"``, the level-1
-probabilities of every model side by side). The level-1 probabilities always enter level 2
-through the base blend the trees boost from (:mod:`stack.boost`).
+"""Level-2 metadata features: what the tree candidates of :mod:`stack.candidates` see of a
+clip besides its level-1 probabilities.
 
 Metadata features (from the feature store's ``meta`` table):
 
@@ -15,7 +14,7 @@ Metadata features (from the feature store's ``meta`` table):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,6 +31,16 @@ META_FEATURES: tuple[str, ...] = (
     "bitrate",
 )
 MIN_GROUP = 5
+#: raw metadata columns level 2 reads (from the feature store's ``meta`` table).
+META_COLUMNS: tuple[str, ...] = (
+    "file_size",
+    "width",
+    "height",
+    "fps",
+    "duration",
+    "frame_count",
+    "bitrate",
+)
 
 
 def size_stats(meta: pd.DataFrame) -> dict:
@@ -63,21 +72,3 @@ def meta_features(meta: pd.DataFrame, stats: Mapping) -> pd.DataFrame:
     for name in ("width", "height", "fps", "duration", "frame_count", "bitrate"):
         out[name] = meta[name].astype(np.float64)
     return out[list(META_FEATURES)]
-
-
-def level2_matrix(
-    level1: Mapping[str, pd.DataFrame],
-    meta: pd.DataFrame,
-    stats: Mapping,
-    ids: Sequence[str],
-    tree_inputs: str = "all",
-) -> pd.DataFrame:
-    """Rows ``ids`` of the trees' inputs: the metadata features and, when ``tree_inputs`` is
-    ``all``, first the columns ``MODEL:CLASS`` of every level-1 model."""
-    parts = []
-    if tree_inputs == "all":
-        for model in sorted(level1):
-            probs = level1[model].loc[list(ids)]
-            parts.append(probs.add_prefix(f"{model}:"))
-    parts.append(meta_features(meta.loc[list(ids)], stats))
-    return pd.concat(parts, axis=1)

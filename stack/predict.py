@@ -20,7 +20,6 @@ Failed clips keep their row with empty probabilities and the reason. ``--top-k K
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from extract.discover import discover
 from extract.pipeline import config_from_extraction, extract_features
 from extract.store import FeatureStore, read_extraction
 from pool.run import predict_level1
+from pool.rundir import Run
 from stack.train import Level2Error, load_level2, predict_level2
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def predict(
     if not 1 <= top_k <= len(classes):
         raise Level2Error(f"--top-k must be between 1 and {len(classes)}")
     _, clips = discover(videos)
-    inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
+    inputs = Run(run).inputs()
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, object] = {"device": device}

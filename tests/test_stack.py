@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,13 +17,16 @@ import pytest
 from extract.config import FeaturesConfig
 from extract.pipeline import extract_features
 from pool.config import Level1Config, load_config
-from pool.run import read_oof, train_level1
+from pool.run import train_level1
+from pool.rundir import Run
 from pool.synthetic import SyntheticSpec, write_synthetic_store
 from scripts.make_demo_data import generate_demo
-from stack.boost import ClassModel, _log_loss, base_margin, fit_base
+from stack.boost import _log_loss, base_margin, fit_base
+from stack.candidates import stack_inputs
 from stack.evaluate import evaluate_predictions
 from stack.predict import features_dir, predict
-from stack.train import Level2Error, class_file, load_level2, predict_level2, run_meta, train_level2
+from stack.stacker import Stacker
+from stack.train import Level2Error, load_level2, predict_level2, train_level2
 from tests.media import indexed_clip
 
 FAST = {
@@ -75,36 +77,31 @@ def size_signal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_level2_beats_every_level1_model_when_file_size_carries_signal(
     size_signal_run: Path,
 ) -> None:
-    scores = json.loads((size_signal_run / "metrics.json").read_text())["scores"]
+    scores = Run(size_signal_run).metrics()["scores"]
     level1 = {m: scores[m]["log_loss"] for m in ("pool", "histogram")}
     assert scores["level2"]["log_loss"] < min(level1.values()), (scores["level2"], level1)
     assert scores["level2"]["blank_accuracy"] > max(scores[m]["blank_accuracy"] for m in level1)
     oof = pd.read_csv(size_signal_run / "level2" / "oof.csv").set_index("id")
-    assert set(oof.index) == set(read_oof(size_signal_run, "pool").index)  # every clip once
+    assert set(oof.index) == set(Run(size_signal_run).oof("pool").index)  # every clip once
     assert ((oof.to_numpy() >= 0) & (oof.to_numpy() <= 1)).all()
 
 
-def test_prediction_averages_the_fold_models_and_clips(size_signal_run: Path) -> None:
-    info, folds = load_level2(size_signal_run)
-    level1 = {m: read_oof(size_signal_run, m).iloc[:25] for m in info["level1_models"]}
-    meta = run_meta(size_signal_run)
-    got = predict_level2(size_signal_run, level1, meta)
+def test_prediction_averages_the_fold_stackers(size_signal_run: Path) -> None:
+    run = Run(size_signal_run)
+    info, stackers = load_level2(run.path)
+    level1 = {m: run.oof(m).iloc[:25] for m in info["level1_models"]}
+    got = predict_level2(run.path, level1, run.meta())
     assert list(got.columns) == info["classes"] and list(got.index) == list(level1["pool"].index)
-    from stack.boost import logit
-    from stack.inputs import level2_matrix
-
+    x = stack_inputs(level1, run.meta(), list(got.index), info["classes"])
     per_fold = []
-    for fold, (stats, base, _) in folds.items():
-        x = level2_matrix(level1, meta, stats, list(got.index), "all").to_numpy()
-        logits = np.column_stack([logit(level1[m].to_numpy()) for m in sorted(level1)])
-        margin = logits @ np.array(base["coef"]).T + np.array(base["intercept"])
-        fold_dir = size_signal_run / "level2" / f"fold_{fold}"
-        models = [ClassModel.load(fold_dir, class_file(k)) for k in range(len(info["classes"]))]
-        per_fold.append(np.stack([m.predict(x, margin[:, k]) for k, m in enumerate(models)], 1))
-    bounds = np.array([info["clipping"][c] for c in info["classes"]])
-    expected = np.clip(np.mean(per_fold, axis=0), bounds, 1 - bounds)
-    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-6)
-    assert len(folds) == 3 and not np.allclose(per_fold[0], per_fold[1])
+    for fold in info["folds"]:
+        stacker = Stacker.load(run.level2_dir / f"fold_{fold}")
+        bounds = stacker.clipping_
+        probs = stacker.predict_proba(x)
+        assert (probs >= bounds - 1e-12).all() and (probs <= 1 - bounds + 1e-12).all()
+        per_fold.append(probs)
+    np.testing.assert_allclose(got.to_numpy(), np.mean(per_fold, axis=0), rtol=1e-6)
+    assert len(stackers) == 3 and not np.allclose(per_fold[0], per_fold[1])
 
 
 def test_retraining_level1_removes_the_stale_level2(tmp_path: Path) -> None:
@@ -181,7 +178,7 @@ def test_predict_one_row_per_clip_with_status(
     demo_run: tuple[Path, Path], mixed_folder: Path, tmp_path: Path
 ) -> None:
     run, _ = demo_run
-    classes = json.loads((run / "classes.json").read_text())
+    classes = Run(run).classes()
     out = tmp_path / "pred.csv"
     summary = predict(mixed_folder, run, out, top_k=2, threshold=0.5, show_progress=False)
     table = pd.read_csv(out, keep_default_na=False, na_values=[""])
@@ -286,10 +283,10 @@ def test_evaluate_scores_predictions_against_labels(
     assert result["clips"] == 48 and result["failed"] == 0 and result["missing"] == 0
     s = result["scores"]
     assert 0 < s["log_loss"] < 0.7 and 0 <= s["top1_accuracy"] <= 1
-    assert set(s["precision"]) == set(json.loads((run / "classes.json").read_text()))
+    assert set(s["precision"]) == set(Run(run).classes())
     # a perfect predictions file scores a near-zero log loss
     labels = pd.read_csv(data / "labels.csv")
-    classes = json.loads((run / "classes.json").read_text())
+    classes = Run(run).classes()
     perfect = pd.DataFrame({"filepath": labels["filepath"]})
     for c in classes:
         perfect[c] = [1.0 if c in str(lab).split(";") else 0.0 for lab in labels["label"]]

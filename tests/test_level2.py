@@ -1,0 +1,261 @@
+"""Estimators, the one OOF loop, the level-2 choice, lineage and leakage (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from pool.config import HistogramConfig, NetConfig, load_config
+from pool.data import FeatureBlock
+from pool.estimators import Level1Classifier, load_estimator
+from pool.folds import read_folds
+from pool.oof import cross_fit
+from pool.run import train_level1
+from pool.rundir import Run
+from pool.synthetic import SyntheticSpec, write_synthetic_store
+from stack.boost import BoostParams
+from stack.candidates import CANDIDATES, make_candidate, stack_inputs
+from stack.predict import predict
+from stack.stacker import Stacker
+from stack.train import Level2Error, load_level2, predict_level2, train_level2
+
+QUICK = {
+    "attention": NetConfig(epochs=6, patience=3, hidden=16),
+    "gru": NetConfig(epochs=6, patience=3, hidden=16),
+    "pool": NetConfig(epochs=30, patience=5, lr=3e-3, use_meta=False),
+    "histogram": HistogramConfig(frame_steps=60, n_estimators=40, frame_folds=3),
+}
+FAST_RUN = {
+    "attention": {"epochs": 15, "patience": 4, "hidden": 32},
+    "gru": {"epochs": 15, "patience": 4, "hidden": 32},
+    "pool": {"epochs": 60, "patience": 8, "lr": 3e-3, "use_meta": False},
+    "histogram": {"frame_steps": 150, "n_estimators": 120},
+}
+
+
+def synthetic_run_inputs(base: Path, spec: SyntheticSpec) -> tuple[Path, Path]:
+    """A synthetic store and its labels CSV (in the store's video root)."""
+    store = base / "features.h5"
+    labels = write_synthetic_store(store, spec)
+    (base / "videos").mkdir(exist_ok=True)
+    csv = base / "videos" / "labels.csv"
+    labels.to_csv(csv, index=False)
+    return store, csv
+
+
+def run_config(store: Path, csv: Path, run: Path, **extra: object):
+    settings = {
+        "features": [str(store)],
+        "labels": str(csv),
+        "run": str(run),
+        "folds": 3,
+        "threads": 1,
+        "device": "cpu",
+        "group_column": "site",
+        **FAST_RUN,
+        **extra,
+    }
+    return load_config(None, settings)
+
+
+@pytest.fixture(scope="module")
+def block() -> tuple[FeatureBlock, np.ndarray, np.ndarray]:
+    """90 synthetic clips in memory: (block, targets, groups)."""
+    rng = np.random.default_rng(0)
+    n, t, c, k = 90, 8, 12, 3
+    y = np.zeros((n, k), dtype=np.float32)
+    y[np.arange(n), rng.integers(0, k, n)] = 1
+    x = rng.normal(0, 1, (n, t, c)).astype(np.float32)
+    x[:, :3, :k] += 3 * y[:, None, :]
+    mask = np.ones((n, t), dtype=bool)
+    mask[::4, 5:] = False
+    meta = rng.normal(0, 1, (n, 2)).astype(np.float32)
+    ids = [f"c{i:03d}" for i in range(n)]
+    groups = np.array([f"g{i % 6}" for i in range(n)])
+    return FeatureBlock(ids, x.astype(np.float16), mask, meta), y, groups
+
+
+@pytest.mark.parametrize("model", ["attention", "gru", "pool", "histogram"])
+def test_level1_estimator_contract(
+    model: str, block: tuple[FeatureBlock, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    x, y, groups = block
+    est = Level1Classifier(model=model, config=QUICK[model], classes=["a", "b", "blank"])
+    params = est.get_params()
+    assert set(params) >= {"model", "config", "classes", "random_state", "split_seed"}
+    assert clone(est).get_params() == params  # clone keeps every parameter
+    assert Level1Classifier().set_params(**params).get_params() == params  # round trip
+    assert est.fit(x.view(np.arange(60)), y[:60], groups=groups[:60]) is est
+    probs = est.predict_proba(x.view(np.arange(60, 90)))
+    assert probs.shape == (30, 3) and ((probs >= 0) & (probs <= 1)).all()
+    assert list(est.classes_) == ["a", "b", "blank"]
+    assert not hasattr(clone(est), "model_")  # a clone is unfitted
+    est.save(tmp_path / "m.pt")
+    again = load_estimator(tmp_path / "m.pt")
+    np.testing.assert_allclose(again.predict_proba(x.view(np.arange(60, 90))), probs, rtol=1e-5)
+    assert again.get_params()["config"].model_dump() == QUICK[model].model_dump()
+
+
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_level2_candidates_and_stacker_contract(name: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n, classes = 160, ["a", "b", "blank"]
+    y = (rng.random((n, 3)) < 0.35).astype(float)
+    level1 = {
+        m: pd.DataFrame(
+            1 / (1 + np.exp(-(2 * (2 * y - 1) + rng.normal(0, s, y.shape)))),
+            index=[f"c{i}" for i in range(n)],
+            columns=classes,
+        )
+        for m, s in (("m1", 1.5), ("m2", 2.5))
+    }
+    meta = pd.DataFrame(
+        {
+            "file_size": rng.integers(1e5, 1e6, n),
+            "width": 160,
+            "height": 120,
+            "fps": 8.0,
+            "duration": 4.0,
+            "frame_count": 32,
+            "bitrate": 1e5,
+        },
+        index=level1["m1"].index,
+    )
+    x = stack_inputs(level1, meta, list(meta.index), classes)
+    params = BoostParams(rounds=40, threads=1)
+    cand = make_candidate(name, classes, params, 0)
+    assert clone(cand).get_params() == cand.get_params()
+    staged = cand.fit(x.iloc[:120], y[:120]).staged_proba(x.iloc[120:])
+    assert staged.shape[:2] == (40, 3) and ((staged >= 0) & (staged <= 1)).all()
+    stacker = Stacker(classes, (name,), params=params)
+    assert clone(stacker).get_params() == stacker.get_params()
+    probs = stacker.fit(x.iloc[:120], y[:120]).predict_proba(x.iloc[120:])
+    assert probs.shape == (40, 3) and stacker.picks_ == [name] * 3
+    stacker.save(tmp_path / "s")
+    np.testing.assert_allclose(Stacker.load(tmp_path / "s").predict_proba(x.iloc[120:]), probs)
+
+
+def test_cross_fit_gives_every_row_its_own_folds_model() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    y = (x[:, :1] > 0).astype(float)
+    folds = np.arange(50) % 5
+
+    from sklearn.base import BaseEstimator
+
+    class Memo(BaseEstimator):
+        """Predicts the mean target of the rows it was fitted on (and remembers them)."""
+
+        def fit(self, X: np.ndarray, y: np.ndarray) -> Memo:
+            self.rows_, self.mean_ = {tuple(r) for r in X}, y.mean(axis=0)
+            return self
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            assert not any(tuple(r) in self.rows_ for r in X)  # never its own training rows
+            return np.tile(self.mean_, (len(X), 1))
+
+    result = cross_fit(Memo(), x, y, folds)
+    for f in range(5):
+        np.testing.assert_allclose(result.oof[folds == f], y[folds != f].mean())
+    assert len(result.models) == 5
+
+
+# --- runs on synthetic stores --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("clips", "seed"), [(120, 11), (240, 12), (480, 13)])
+def test_level2_is_never_worse_than_the_best_level1_model(
+    clips: int, seed: int, tmp_path: Path
+) -> None:
+    spec = SyntheticSpec(clips=clips, frames=10, blank_fraction=0.3, seed=seed)
+    store, csv = synthetic_run_inputs(tmp_path, spec)
+    models = ["attention", "histogram"]
+    run = train_level1(run_config(store, csv, tmp_path / "run", models=models, folds=4))
+    scores = train_level2(run, BoostParams(threads=1))
+    best = min(scores[m]["log_loss"] for m in models)
+    assert scores["level2"]["log_loss"] <= best + 0.002, (scores["level2"]["log_loss"], best)
+    assert scores["level2"]["log_loss"] < scores["prior"]["log_loss"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("small")
+    store, csv = synthetic_run_inputs(base, SyntheticSpec(clips=120, frames=8, seed=4))
+    run = train_level1(run_config(store, csv, base / "run", models=["pool"]))
+    train_level2(run, BoostParams(threads=1, rounds=40))
+    return run
+
+
+def test_level2_refuses_changed_or_foreign_level1(small_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    info, _ = load_level2(run)  # a copied run is the same run
+    oof = run / "oof" / "pool.csv"
+    original = oof.read_bytes()
+    table = pd.read_csv(oof)
+    table.iloc[0, 1] = 0.5
+    table.to_csv(oof, index=False)
+    with pytest.raises(Level2Error, match="oof/pool.csv changed since train-level1"):
+        load_level2(run)
+    with pytest.raises(Level2Error, match="changed since train-level1"):
+        train_level2(run)
+    oof.write_bytes(original)
+    # a level 2 from another level 1 (same data, another seed)
+    config = Run(small_run).config()
+    other = train_level1(config.model_copy(update={"run": tmp_path / "other", "seed": 9}))
+    shutil.rmtree(other / "level2", ignore_errors=True)
+    shutil.copytree(run / "level2", other / "level2")
+    with pytest.raises(Level2Error, match="trained on another level 1"):
+        load_level2(other)
+    level1 = {"pool": Run(other).oof("pool")}
+    with pytest.raises(Level2Error, match="trained on another level 1"):
+        predict_level2(other, level1, Run(other).meta())
+    with pytest.raises(Level2Error, match="trained on another level 1"):
+        predict(tmp_path, other, tmp_path / "p.csv")
+
+
+def test_model_json_records_lineage_and_choices(small_run: Path) -> None:
+    info = json.loads((small_run / "level2" / "model.json").read_text())
+    assert info["level1_lineage"] == Run(small_run).level1_id()
+    assert set(info["choices"]) == {"0", "1", "2"}
+    for choice in info["choices"].values():
+        assert set(choice["candidate"].values()) <= set(CANDIDATES)
+        assert all(0 <= b <= 0.05 for b in choice["clipping"].values())
+
+
+def test_changing_held_out_labels_leaves_their_level1_oof_unchanged(tmp_path: Path) -> None:
+    """Fold 0's OOF predictions come from models that never saw fold 0's labels."""
+    store, csv = synthetic_run_inputs(tmp_path, SyntheticSpec(clips=120, frames=8, seed=6))
+    models = ["attention", "gru", "pool", "histogram"]
+    first = train_level1(run_config(store, csv, tmp_path / "a", models=models))
+    folds = read_folds(first)
+    labels = pd.read_csv(csv)
+    held = labels["filepath"].isin(folds.index[folds == 0])
+    rng = np.random.default_rng(0)
+    labels.loc[held, "label"] = rng.permutation(labels.loc[held, "label"].to_numpy())
+    labels.loc[held, "label"] = np.where(
+        labels.loc[held, "label"] == "blank", "duiker", labels.loc[held, "label"]
+    )
+    changed = tmp_path / "videos" / "changed.csv"
+    labels.to_csv(changed, index=False)
+    second = train_level1(
+        run_config(
+            store, changed, tmp_path / "b", models=models, folds_csv=str(first / "folds.csv")
+        )
+    )
+    assert not Run(first).targets().equals(Run(second).targets())  # the labels did change
+    ids = list(folds.index[folds == 0])
+    for model in models:
+        a, b = Run(first).oof(model).loc[ids], Run(second).oof(model).loc[ids]
+        np.testing.assert_array_equal(a.to_numpy(), b.to_numpy(), err_msg=model)
+        other = list(folds.index[folds == 1])
+        assert not np.array_equal(  # the other folds' models did learn the new labels
+            Run(first).oof(model).loc[other].to_numpy(),
+            Run(second).oof(model).loc[other].to_numpy(),
+        )
