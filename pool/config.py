@@ -96,9 +96,9 @@ class HistogramConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     frame_hidden: int = Field(
-        0, ge=0, le=4096, description="0: logistic regression, else MLP width"
+        256, ge=0, le=4096, description="0: logistic regression, else MLP width"
     )
-    frame_steps: int = Field(600, ge=1, description="minibatch steps of the frame classifier")
+    frame_steps: int = Field(1000, ge=1, description="minibatch steps of the frame classifier")
     frame_batch_clips: int = Field(32, ge=1, description="clips per frame-classifier step")
     frame_lr: float = Field(3e-3, gt=0.0, le=1.0)
     frame_weight_decay: float = Field(1e-4, ge=0.0, description="AdamW decoupled weight decay")

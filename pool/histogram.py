@@ -1,7 +1,8 @@
 """The ``histogram`` meta-model: frame classifier → order-free statistics → gradient boosting.
 
-1. A frame classifier (logistic regression, or a one-hidden-layer MLP) gives every real
-   frame one logit per class. It learns from the clips' labels as multiple-instance
+1. A frame classifier (a one-hidden-layer MLP, 256 units by default; ``frame_hidden: 0``
+   gives a logistic regression, far weaker on the generated sets: docs/level2.md) gives
+   every real frame one logit per class. It learns from the clips' labels as multiple-instance
    learning: a clip's logit is a soft maximum of its frames' logits (log-sum-exp minus
    log of the number of frames) for a species, and a soft minimum for ``blank`` (a clip is
    blank when all its frames are). So the frames of an animal clip in which the animal
