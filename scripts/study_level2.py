@@ -4,10 +4,11 @@ Each SET is a folder holding ``features.h5`` (``jungle features``) and a labels 
 ``site`` column (``scripts/make_demo_data.py`` writes one). For each set: level 1 is trained
 with folds grouped by site (every model, default settings; skipped when ``SET/run`` is
 already trained), then level 2 with the default choice (``overall``), with ``--select
-class``, and restricted to each single candidate, to show what the inner choice gains.
+class``, with no standard-error margin (``se_factor`` 0), and restricted to each single
+candidate, to show what the inner choice gains.
 Prints one markdown table of OOF log losses (and blank accuracy) per set.
 
-Example (the sets of the issue-10 study; see the README, "Choosing the defaults")::
+Example (the sets of the issue-10 study, with every figure: docs/level2.md)::
 
     python scripts/make_demo_data.py study/s150 --clips 150 --seed 101 ...
     jungle features study/s150/labels.csv --out study/s150/features.h5 --frames 16
@@ -86,15 +87,21 @@ def main() -> None:
             row[name] = scores[name]["log_loss"]
         best = min(row[m] for m in run.level1_models())
         row["prior"] = scores["prior"]["log_loss"]
-        variants = [("level2_class", "class", CANDIDATES)]
+        variants = [("level2_class", "class", CANDIDATES, 1.0)]
+        variants += [("level2_se0", "overall", CANDIDATES, 0.0)]
         if args.singles:
-            variants += [(f"only_{c}", "overall", (c,)) for c in CANDIDATES]
-        variants.append(("level2", "overall", CANDIDATES))  # last: the default stays in place
+            variants += [(f"only_{c}", "overall", (c,), 1.0) for c in CANDIDATES]
+        variants.append(("level2", "overall", CANDIDATES, 1.0))  # last: the default stays
         seconds = {}
-        for label, select, candidates in variants:
+        for label, select, candidates, se_factor in variants:
             started = time.perf_counter()
             result = train_level2(
-                run.path, BoostParams(), seed=args.seed, select=select, candidates=candidates
+                run.path,
+                BoostParams(),
+                seed=args.seed,
+                select=select,
+                candidates=candidates,
+                se_factor=se_factor,
             )
             seconds[label] = time.perf_counter() - started
             row[label] = result["level2"]["log_loss"]

@@ -8,6 +8,7 @@ columns ``MODEL:CLASS`` with level-1 probabilities, then the raw metadata column
 ``S`` stages (boosting rounds :data:`STAGES` for the tree candidates, one stage otherwise).
 
 =============  ===================================================================
+``hedge``      per class, the mean of the level-1 logits with the ``best`` model counted twice
 ``mean``       per class, the mean of the level-1 models' logits (nothing fitted)
 ``best``       the level-1 model with the lowest log loss on the training clips
 ``blend``      per class, an L2-regularised logistic regression over the level-1 logits of
@@ -44,7 +45,7 @@ from stack.inputs import META_COLUMNS, meta_features, size_stats
 #: boosting rounds at which the tree candidates are scored (0: the blend itself).
 STAGES: tuple[int, ...] = (0, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300)
 #: every candidate, simplest first (ties go to the simpler one).
-CANDIDATES: tuple[str, ...] = ("mean", "best", "blend", "trees_meta", "trees_all")
+CANDIDATES: tuple[str, ...] = ("hedge", "mean", "best", "blend", "trees_meta", "trees_all")
 
 
 def stack_inputs(
@@ -127,6 +128,30 @@ class MeanLogit(Candidate):
 
     def load_state(self, state: dict, folder: Path) -> None:
         self.models_ = list(state["models"])
+
+
+class HedgeLogit(BestSingle):
+    """Per class, the sigmoid of the weighted mean of the level-1 logits in which the model
+    with the lowest log loss on the training rows counts twice (weight 2/(M+1), the others
+    1/(M+1)): between ``mean`` and ``best``, the bet when neither is consistently better.
+    Where the models are close, which one is "best" changes from fold to fold, and a pick
+    of either by inner loss often lands on the worse one for the held-out fold."""
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> HedgeLogit:
+        super().fit(X, y)
+        self.models_ = sorted(level1_probs(X, self.classes or []))
+        return self
+
+    def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
+        probs = level1_probs(X, self.classes or [])
+        total = sum(logit(probs[m]) for m in self.models_) + logit(probs[self.model_])
+        return _sigmoid(total / (len(self.models_) + 1))[:, :, None]
+
+    def state(self, folder: Path) -> dict:
+        return {"model": self.model_, "models": self.models_}
+
+    def load_state(self, state: dict, folder: Path) -> None:
+        self.model_, self.models_ = state["model"], list(state["models"])
 
 
 class LogisticBlend(Candidate):
@@ -248,6 +273,8 @@ def make_candidate(
         return BestSingle(classes)
     if name == "mean":
         return MeanLogit(classes)
+    if name == "hedge":
+        return HedgeLogit(classes)
     own = params.blend_inputs == "own"
     if name == "blend":
         return LogisticBlend(classes, params.base_c, own)

@@ -13,18 +13,20 @@
    candidate and rounds of each class separately. Rounds: per candidate and class, the
    fewest whose mean inner loss is within ``se_factor`` standard errors (of the per-clip
    loss difference) of the lowest. Candidate: walking the candidates simplest first (the
-   order of :data:`~stack.candidates.CANDIDATES`), a more complex one replaces the current
-   one only when its inner loss is lower by more than ``se_factor`` standard errors *and*
-   lower in every inner fold (:func:`consistent_choice`). Level-1 fold models can differ a
-   lot on small data, and a blend learnt on some of them often does not carry over to
-   another: a candidate must win clearly and consistently to be taken;
+   order of :data:`~stack.candidates.CANDIDATES`, starting from ``hedge``: the mean of the
+   level-1 logits with the best model counted twice), a more complex one replaces the
+   current one only when its inner loss is lower by more than ``se_factor`` standard errors
+   *and* lower in every inner fold (:func:`consistent_choice`). Level-1 fold models can
+   differ a lot on small data, and a blend learnt on some of them often does not carry over
+   to another: a candidate must win clearly and consistently to be taken;
 4. choose the per-class clipping bounds on the chosen inner OOF probabilities
    (:func:`stack.boost.tune_clipping`);
 5. refit the chosen candidate(s) on every training row.
 
 So nothing about the held-out fold is used to choose anything; the outer OOF of the stacker
 (:func:`stack.train.train_level2`) is as honest as level 1's. When no combination beats the
-best level-1 model on data it has not seen, the stacker *is* that model (``best``).
+best level-1 model on data it has not seen, the stacker stays with ``hedge`` (or ``mean`` or
+``best`` where one of them is consistently better).
 """
 
 from __future__ import annotations
