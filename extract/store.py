@@ -277,10 +277,13 @@ class FeatureStore:
         with h5py.File(self.path, "r") as f:
             return f["clips/mask"][()].astype(bool)
 
-    def frame_index(self) -> np.ndarray:
-        """``(N, T)`` source frame index of each slot."""
+    def frame_index(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(N, T)`` source frame index of each slot (of store rows ``rows``, sorted
+        ascending, when given)."""
         with h5py.File(self.path, "r") as f:
-            return f["clips/frame_index"][()]
+            if rows is None:
+                return f["clips/frame_index"][()]
+            return f["clips/frame_index"][np.asarray(rows, dtype=np.int64)]
 
     def paths(self) -> list[str]:
         """Absolute paths of the clips at extraction time."""

@@ -142,6 +142,29 @@ class Level1Classifier(BaseEstimator):
         with torch_threads(self.threads):
             return self.model_.predict(X)
 
+    def frame_attention(self, X: FeatureBlock) -> np.ndarray:
+        """``(n, T)`` attention weights per frame (``attention`` model only).
+
+        Raises:
+            ValueError: the model has no attention.
+        """
+        if not isinstance(self.model_, NetModel):
+            raise ValueError(f"the {self.model} model has no per-frame attention")
+        with torch_threads(self.threads):
+            return self.model_.frame_attention(X)
+
+    def frame_proba(self, X: FeatureBlock) -> np.ndarray:
+        """``(n, T, K)`` per-frame class probabilities (``histogram`` model only: its frame
+        classifier).
+
+        Raises:
+            ValueError: the model scores no frames.
+        """
+        if not isinstance(self.model_, HistogramModel):
+            raise ValueError(f"the {self.model} model gives no per-frame scores")
+        with torch_threads(self.threads):
+            return self.model_.frame_proba(X)
+
     def save(self, path: Path | str) -> None:
         """Write the fitted model (``torch.load(path, weights_only=True)`` reads it)."""
         params = {

@@ -318,6 +318,17 @@ class HistogramModel:
                 out[pos] += self.predict_statistics(stats)
         return out / len(self.classifiers)
 
+    def frame_proba(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(len(rows), T, K)`` float32 per-frame probabilities: the frame classifiers'
+        mean (padding slots are scored too; mask them with ``block.mask``)."""
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
+        k = len(self.boosters)
+        out = np.zeros((len(rows), block.mask.shape[1], k), dtype=np.float32)
+        for pos, x in sequential(block.features, rows, SCORE_BATCH):
+            for clf in self.classifiers:
+                out[pos] += frame_probabilities(clf, x)
+        return out / len(self.classifiers)
+
     def checkpoint(self) -> dict:
         """A dict for ``torch.save`` (loadable with ``weights_only=True``)."""
         first = self.classifiers[0]

@@ -118,9 +118,14 @@ class AttentionNet(_MetaNet):
         self.score = nn.Sequential(nn.Linear(h, h // 2), nn.Tanh(), nn.Linear(h // 2, 1))
         self.classify = self.head(2 * h + self.meta_width, cfg, n_classes)
 
+    def attention(self, e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` attention weights of embedded frames ``e``: 0 on padding, summing to
+        1 over each clip's real frames."""
+        return masked_softmax(self.score(e).squeeze(-1), mask)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         e = self.embed(self.norm.frames(x))
-        weights = masked_softmax(self.score(e).squeeze(-1), mask)
+        weights = self.attention(e, mask)
         attended = (weights.unsqueeze(-1) * e).sum(dim=1)
         return self.classify(self.with_meta([attended, masked_range(e, mask)], meta))
 

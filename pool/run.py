@@ -290,38 +290,22 @@ def _store_layout(
     return items
 
 
-def predict_level1(
+def load_fold_models(
     run_dir: Path | str,
     stores: Sequence[Path | str],
     models: Sequence[str] | None = None,
     device: str = "auto",
-    ids: Sequence[str] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Level-1 probabilities of the clips of ``stores``: the mean over a run's fold models.
-
-    Args:
-        run_dir: a finished :func:`train_level1` run.
-        stores: feature stores of the new clips, one per store of the run, in the same order
-            (same backbones and layers). Where the run used one store per fold, give a path
-            with ``{fold}``: fold K's models then read store K (the new clips' features made
-            with fold K's backbone).
-        models: which models (default: every model of the run).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        ids: the clips to predict, in this order (each must be in every store); default
-            every clip of the first store.
-
-    Returns:
-        ``{model: DataFrame}`` indexed by clip id, one column per class (run's order).
+) -> tuple[Run, list[FeatureSource], dict[str, list[Level1Classifier]]]:
+    """The run, the sources of the new clips' ``stores`` (checked against the run's
+    inputs, see :func:`predict_level1`) and every fold model of ``models`` (default all).
 
     Raises:
-        Level1Error: not a finished run, or stores that do not match the run's inputs.
+        Level1Error: not a finished run, stores that do not match, unknown or missing models.
     """
     run = Run(run_dir)
     run.require_level1()
     config = run.config()
-    classes = run.classes()
-    inputs = run.inputs()
-    trained = inputs["stores"]
+    trained = run.inputs()["stores"]
     if len(stores) != len(trained):
         raise Level1Error(f"the run was trained on {len(trained)} store(s), got {len(stores)}")
     sources = [
@@ -352,6 +336,39 @@ def predict_level1(
         name: [load_estimator(path, device) for path in paths]
         for name, paths in checkpoints.items()
     }
+    return run, sources, fold_models
+
+
+def predict_level1(
+    run_dir: Path | str,
+    stores: Sequence[Path | str],
+    models: Sequence[str] | None = None,
+    device: str = "auto",
+    ids: Sequence[str] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Level-1 probabilities of the clips of ``stores``: the mean over a run's fold models.
+
+    Args:
+        run_dir: a finished :func:`train_level1` run.
+        stores: feature stores of the new clips, one per store of the run, in the same order
+            (same backbones and layers). Where the run used one store per fold, give a path
+            with ``{fold}``: fold K's models then read store K (the new clips' features made
+            with fold K's backbone).
+        models: which models (default: every model of the run).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        ids: the clips to predict, in this order (each must be in every store); default
+            every clip of the first store.
+
+    Returns:
+        ``{model: DataFrame}`` indexed by clip id, one column per class (run's order).
+
+    Raises:
+        Level1Error: not a finished run, or stores that do not match the run's inputs.
+    """
+    run, sources, fold_models = load_fold_models(run_dir, stores, models, device)
+    config, classes, inputs = run.config(), run.classes(), run.inputs()
+    trained = inputs["stores"]
+    names = list(fold_models)
     per_fold = any(source.per_fold for source in sources)
     # folds that read the same stores share one pass over the clips
     passes = [[fold] for fold in range(config.folds)] if per_fold else [list(range(config.folds))]

@@ -31,7 +31,7 @@ from pool.data import (
     sequential,
     shuffled_batches,
 )
-from pool.nets import build_net
+from pool.nets import AttentionNet, build_net
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,26 @@ class NetModel:
         for pos, x in sequential(block.features, rows, PREDICT_BATCH):
             logits = self.net(*to_tensors(x, block, rows[pos], device))
             out[pos] = torch.sigmoid(logits).cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def frame_attention(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(len(rows), T)`` float32 attention weights of an ``attention`` model (0 on
+        padding, summing to 1 over each clip's real frames).
+
+        Raises:
+            ValueError: the model has no attention (``gru``, ``pool``).
+        """
+        if not isinstance(self.net, AttentionNet):
+            raise ValueError(f"the {self.name} model has no per-frame attention")
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows)
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        out = np.empty((len(rows), block.mask.shape[1]), dtype=np.float32)
+        for pos, x in sequential(block.features, rows, PREDICT_BATCH):
+            x_t, mask, _ = to_tensors(x, block, rows[pos], device)
+            embedded = self.net.embed(self.net.norm.frames(x_t))
+            out[pos] = self.net.attention(embedded, mask).cpu().numpy()
         return out
 
     def checkpoint(self) -> dict:

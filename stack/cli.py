@@ -39,8 +39,9 @@ def train_level2_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Train the level-2 stacker on the run's folds: per fold it chooses, by inner
-    cross-validation, the best level-1 model, their mean, a logistic blend, or the blend plus
-    LightGBM + XGBoost on metadata (and level-1 probabilities); print every OOF score."""
+    cross-validation, the mean of the level-1 logits with the best model counted twice, their
+    plain mean, the best model, a logistic blend, or the blend plus LightGBM + XGBoost on
+    metadata (and level-1 probabilities); print every OOF score."""
     err = stderr_console()
     setup_logging(err, verbose)
     try:
@@ -61,6 +62,13 @@ def predict_command(
         float | None, typer.Option(help="Add 0/1 CLASS_present columns at this probability.")
     ] = None,
     top_k: Annotated[int, typer.Option(help="Also list the K most probable classes.")] = 1,
+    fmt: Annotated[
+        str, typer.Option("--format", help="csv | timelapse (a Timelapse import table).")
+    ] = "csv",
+    per_frame: Annotated[
+        Path | None,
+        typer.Option(help="Also write a per-frame timeline CSV (attention and frame scores)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
     shard_clips: Annotated[
@@ -85,6 +93,8 @@ def predict_command(
             out,
             threshold=threshold,
             top_k=top_k,
+            fmt=fmt,
+            per_frame=per_frame,
             device=device,
             workers=workers,
             shard_clips=shard_clips,

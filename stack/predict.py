@@ -16,6 +16,9 @@ relative to the folder or CSV given), one probability column per class (training
 ``top_label``, ``top_prob``, ``status`` (``ok``, ``partial`` or ``failed``), ``error``.
 Failed clips keep their row with empty probabilities and the reason. ``--top-k K`` adds
 ``top2_label, top2_prob, ...`` up to K; ``--threshold T`` adds ``CLASS_present`` 0/1 columns.
+``--per-frame FRAMES.csv`` also writes the per-frame timeline (:mod:`pool.frames`).
+``--format timelapse`` writes the same predictions as a Timelapse import table instead
+(:mod:`stack.formats`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +37,10 @@ from extract.assemble import same_extraction
 from extract.discover import discover
 from extract.pipeline import config_from_extraction, extract_features
 from extract.store import FeatureStore, read_extraction
+from pool.frames import frame_columns, predict_frames, require_frame_models
 from pool.run import predict_level1
 from pool.rundir import Run
+from stack.formats import FORMATS, timelapse_table
 from stack.train import Level2Error, load_level2, predict_level2
 
 log = logging.getLogger(__name__)
@@ -64,12 +70,16 @@ def predict(
     *,
     threshold: float | None = None,
     top_k: int = 1,
+    fmt: str = "csv",
+    per_frame: Path | str | None = None,
     device: str = "auto",
     workers: int | None = None,
     shard_clips: int | None = None,
     show_progress: bool = True,
 ) -> PredictSummary:
-    """Predict every clip of ``videos`` with the trained run ``run``; write ``out`` (CSV).
+    """Predict every clip of ``videos`` with the trained run ``run``; write ``out`` (CSV in
+    the shape ``fmt``, one of :data:`stack.formats.FORMATS`) and, with ``per_frame``, the
+    per-frame timeline CSV (:func:`pool.frames.predict_frames`; failed clips have no rows).
 
     Raises:
         Level2Error, DiscoveryError, BackboneError, StoreError, Level1Error: for the user.
@@ -82,6 +92,10 @@ def predict(
         raise Level2Error("--threshold must be between 0 and 1")
     if not 1 <= top_k <= len(classes):
         raise Level2Error(f"--top-k must be between 1 and {len(classes)}")
+    if fmt not in FORMATS:
+        raise Level2Error(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if per_frame is not None:
+        require_frame_models(Run(run).config().models)
     _, clips = discover(videos)
     inputs = Run(run).inputs()
     cache = features_dir(out)
@@ -115,10 +129,17 @@ def predict(
             run, stores, models=info["level1_models"], device=device, ids=ok_ids
         )
         probs = predict_level2(run, level1, first.meta().loc[ok_ids])
+    if per_frame is not None:
+        fps = first.meta()["fps"].to_dict()
+        tables = predict_frames(run, stores, ok_ids, fps, device=device)
+        _write_frames(Path(per_frame).absolute(), tables, frame_columns(classes))
     partial = first.meta()["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
+    written = table
+    if fmt == "timelapse":
+        written = timelapse_table(table, classes, {c.clip_id: c.path for c in clips})
     tmp = out.with_name(out.name + ".tmp")
-    table.to_csv(tmp, index=False, float_format="%.6f")
+    written.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out)
     status = table["status"].value_counts()
     return PredictSummary(
@@ -129,6 +150,17 @@ def predict(
         failed=int(status.get("failed", 0)),
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_frames(path: Path, tables: Iterable[pd.DataFrame], columns: list[str]) -> None:
+    """Append ``tables`` to a temporary CSV, then rename it to ``path`` (so a killed run
+    leaves no half-written timeline)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(columns) + "\n")
+        for table in tables:
+            table.to_csv(handle, header=False, index=False, float_format="%.6f")
+    os.replace(tmp, path)
 
 
 def _extract(

@@ -49,13 +49,18 @@ def read_index(frame: np.ndarray) -> int:
 
 
 def write_clip(
-    path: Path, frames: np.ndarray | list[np.ndarray], kind: str = "h264_mp4", fps: int = 25
+    path: Path,
+    frames: np.ndarray | list[np.ndarray],
+    kind: str = "h264_mp4",
+    fps: int = 25,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Encode RGB ``frames`` with the settings ``CODECS[kind]``."""
+    """Encode RGB ``frames`` with the settings ``CODECS[kind]`` (container tags ``metadata``)."""
     container_fmt, codec, opts = CODECS[kind]
     height, width = frames[0].shape[:2]
     muxer_options = {"movflags": opts["movflags"]} if "movflags" in opts else {}
     with av.open(str(path), "w", format=container_fmt, options=muxer_options) as out:
+        out.metadata.update(metadata or {})
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = opts["pix_fmt"]
@@ -76,9 +81,15 @@ def write_clip(
     return path
 
 
-def indexed_clip(path: Path, n_frames: int, kind: str = "h264_mp4", fps: int = 25) -> Path:
+def indexed_clip(
+    path: Path,
+    n_frames: int,
+    kind: str = "h264_mp4",
+    fps: int = 25,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """A clip of ``n_frames`` frames, frame i showing the number i."""
-    return write_clip(path, [index_frame(i) for i in range(n_frames)], kind, fps)
+    return write_clip(path, [index_frame(i) for i in range(n_frames)], kind, fps, metadata)
 
 
 def truncate(src: Path, dst: Path, keep: float) -> Path:

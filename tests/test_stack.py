@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ import pytest
 
 from extract.config import FeaturesConfig
 from extract.pipeline import extract_features
-from pool.config import Level1Config, load_config
+from extract.probe import probe
+from extract.store import FeatureStore
+from pool.config import Level1Config, Level1Error, load_config
+from pool.frames import require_frame_models
 from pool.run import train_level1
 from pool.rundir import Run
 from pool.synthetic import SyntheticSpec, write_synthetic_store
@@ -157,7 +161,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     extract_features(
         labels_csv, store, FeaturesConfig(frames=8, image_size=64, workers=1), show_progress=False
     )
-    run = train_level1(fast_level1(store, labels_csv, base / "run", group_column="site"))
+    settings = fast_level1(store, labels_csv, base / "run", group_column="site")
+    # attention + histogram: the per-frame timeline needs both
+    run = train_level1(settings.model_copy(update={"models": ["attention", "histogram"]}))
     train_level2(run)
     return run, data
 
@@ -201,6 +207,78 @@ def test_predict_one_row_per_clip_with_status(
     assert (ok["top_label"] == ok[classes].idxmax(axis=1)).all()
     assert table.loc[table["status"] == "failed", classes].isna().all().all()
     assert features_dir(out).is_dir()
+
+
+def test_predict_timelapse_format(
+    demo_run: tuple[Path, Path], mixed_folder: Path, tmp_path: Path
+) -> None:
+    run, _ = demo_run
+    classes = Run(run).classes()
+    folder = tmp_path / "survey"
+    (folder / "cam 1").mkdir(parents=True)
+    clips = sorted(mixed_folder.glob("*.mp4"))
+    tagged = indexed_clip(
+        folder / "cam 1" / "tagged.mp4", 6, metadata={"creation_time": "2021-05-31T08:25:38Z"}
+    )
+    os.symlink(mixed_folder / "empty.mp4", folder / "empty.mp4")
+    plain = shutil.copy(clips[0], folder / "cam 1" / "plain.mp4")
+    os.utime(plain, (1_600_000_000, 1_600_000_000))
+    out = tmp_path / "timelapse.csv"
+    predict(folder, run, out, fmt="timelapse", show_progress=False)
+    table = pd.read_csv(out, keep_default_na=False, na_values=[""], dtype={"DateTime": str})
+    assert list(table.columns) == [
+        "File",
+        "RelativePath",
+        "DateTime",
+        "DeleteFlag",
+        *classes,
+        "top_label",
+    ]
+    rows = table.set_index("File")
+    assert rows.loc["tagged.mp4", "RelativePath"] == "cam 1" and tagged.exists()
+    assert rows.loc["tagged.mp4", "DateTime"] == "2021-05-31 08:25:38"
+    assert rows.loc["plain.mp4", "DateTime"] == "2020-09-13 12:26:40"  # the mtime, UTC
+    assert rows["DeleteFlag"].astype(str).str.lower().eq("false").all()
+    assert rows.loc[["empty.mp4"], classes].isna().all().all()
+    assert pd.isna(rows.loc["empty.mp4", "top_label"])
+    ok = rows.drop(index="empty.mp4")
+    assert (ok["top_label"] == ok[classes].idxmax(axis=1)).all()
+    predict(folder, run, tmp_path / "plain.csv", show_progress=False)
+    same = pd.read_csv(tmp_path / "plain.csv").set_index("filepath")
+    same.index = [Path(i).name for i in same.index]
+    np.testing.assert_allclose(rows[classes].to_numpy(), same.loc[rows.index, classes], atol=1e-6)
+
+
+def test_predict_per_frame_timeline(
+    demo_run: tuple[Path, Path], mixed_folder: Path, tmp_path: Path
+) -> None:
+    run, _ = demo_run
+    classes = Run(run).classes()
+    frames_csv = tmp_path / "frames.csv"
+    out = tmp_path / "pred.csv"
+    predict(mixed_folder, run, out, per_frame=frames_csv, show_progress=False)
+    frames = pd.read_csv(frames_csv)
+    assert list(frames.columns) == ["filepath", "frame_index", "time_s", "attention", *classes]
+    status = pd.read_csv(out).set_index("filepath")["status"]
+    assert set(frames["filepath"]) == set(status.index[status != "failed"])
+    store = FeatureStore(features_dir(out) / "store0.h5")
+    real = dict(zip(store.ids, store.mask().sum(axis=1), strict=True))
+    for clip, rows in frames.groupby("filepath"):
+        assert len(rows) == real[clip]
+        assert rows["attention"].sum() == pytest.approx(1.0, abs=1e-5)
+        assert (rows["attention"] > 0).all()
+        fps = probe(mixed_folder / clip).fps
+        np.testing.assert_allclose(rows["time_s"], rows["frame_index"] / fps, atol=1e-5)
+        assert rows["frame_index"].is_monotonic_increasing
+    assert frames.groupby("filepath").size()["short.mp4"] == 3
+    assert ((frames[classes] >= 0) & (frames[classes] <= 1)).all().all()
+    assert frames[classes].std().max() > 0  # frames are scored, not a constant
+
+
+def test_per_frame_needs_the_attention_and_histogram_models() -> None:
+    require_frame_models(["attention", "histogram", "gru"])
+    with pytest.raises(Level1Error, match="the run has no attention"):
+        require_frame_models(["gru", "histogram"])
 
 
 def test_predict_killed_and_rerun_gives_the_same_csv(

@@ -1,0 +1,52 @@
+"""Other shapes of the predictions table of :mod:`stack.predict` (``--format``).
+
+``csv`` (the default) is the table itself. ``timelapse`` is what Timelapse
+(https://timelapse.ucalgary.ca) imports into a video/image set: its four standard columns
+``File`` (file name), ``RelativePath`` (folder relative to the set's root, ``\\``
+separators as Timelapse writes them, empty at the root), ``DateTime`` (``YYYY-MM-DD
+HH:MM:SS``, UTC, from :func:`extract.timestamps.clip_timestamp`) and ``DeleteFlag``
+(``false``), then one column per class (probability) and ``top_label``. A failed clip keeps
+its row with empty probabilities and label, never made-up numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from extract.timestamps import clip_timestamp
+
+FORMATS: tuple[str, ...] = ("csv", "timelapse")
+
+
+def timelapse_table(
+    table: pd.DataFrame, classes: list[str], paths: dict[str, Path]
+) -> pd.DataFrame:
+    """The Timelapse import table of a predictions ``table`` (one row per clip, same order).
+
+    Args:
+        table: the output of :func:`stack.predict.predict` (``filepath`` = clip id).
+        classes: the class columns, in order.
+        paths: clip id → the file, for its time stamp.
+    """
+    ids = [PurePosixPath(cid) for cid in table["filepath"]]
+    parent = [str(p.parent) for p in ids]
+    out = pd.DataFrame(
+        {
+            "File": [p.name for p in ids],
+            "RelativePath": ["" if d == "." else d.replace("/", "\\") for d in parent],
+            "DateTime": [_stamp(paths.get(str(p))) for p in ids],
+            "DeleteFlag": "false",
+        }
+    )
+    for name in classes:
+        out[name] = table[name].to_numpy()
+    out["top_label"] = table["top_label"].to_numpy()
+    return out
+
+
+def _stamp(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    return clip_timestamp(path)[0].strftime("%Y-%m-%d %H:%M:%S")
