@@ -3,8 +3,9 @@
 For each clip and sampled frame: the attention model's weight (averaged over the fold
 models; 0 on padding, summing to 1 over a clip's real frames) and the histogram model's
 frame-classifier probability per class (averaged over the fold models and their frame
-classifiers). Read and scored a chunk of clips at a time, so memory does not grow with the
-number of clips.
+classifiers). The stores are opened once and streamed; features are read and scored a chunk
+of clips at a time, so only masks, metadata and row numbers are held for every clip (as in
+:func:`pool.run.predict_level1`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 
 from extract.store import FeatureStore
 from pool.config import Level1Error
-from pool.data import FeatureBlock, load_block
+from pool.data import load_block
 from pool.run import load_fold_models
 from pool.rundir import Run
 
@@ -71,46 +72,63 @@ def predict_frames(
     """
     require_frame_models(Run(run_dir).config().models)
     run, sources, fold_models = load_fold_models(run_dir, stores, FRAME_MODELS, device)
-    classes = run.classes()
-    folds = run.config().folds
+    classes, config = run.classes(), run.config()
+    meta_fields = run.inputs()["meta_fields"]
+    ids = list(ids)
+    # one streamed block per distinct set of stores (one for all folds unless per fold),
+    # opened once: only masks, metadata and row numbers are held for every clip
+    keys, blocks = [], {}
+    for fold in range(config.folds):
+        fold_sources = [s.for_fold(fold) for s in sources]
+        key = tuple(str(s.path) for s in fold_sources)
+        keys.append(key)
+        if key not in blocks:
+            blocks[key] = load_block(
+                fold_sources,
+                meta_fields,
+                ids=ids,
+                in_memory=False,
+                read_mb=config.shuffle_window_mb,
+            )
     first = FeatureStore(sources[0].for_fold(0).path)
     row_of = {cid: i for i, cid in enumerate(first.ids)}
-    meta_fields = run.inputs()["meta_fields"]
+    store_rows = np.array([row_of[cid] for cid in ids], dtype=np.int64)
+    del row_of
+    rates = np.array([float(fps.get(cid, 0.0) or 0.0) for cid in ids])
+    if (rates <= 0).any():
+        bad = ids[int(np.flatnonzero(rates <= 0)[0])]
+        raise Level1Error(f"{bad}: the clip has no frame rate; per-frame times are unknown")
     for start in range(0, len(ids), chunk):
-        part = list(ids[start : start + chunk])
-        rate = np.array([float(fps.get(cid, 0.0) or 0.0) for cid in part])
-        if (rate <= 0).any():
-            bad = part[int(np.flatnonzero(rate <= 0)[0])]
-            raise Level1Error(f"{bad}: the clip has no frame rate; per-frame times are unknown")
-        attention = scores = None
-        blocks: dict[tuple[str, ...], FeatureBlock] = {}  # one read unless stores are per fold
-        for fold in range(folds):
-            fold_sources = [s.for_fold(fold) for s in sources]
-            key = tuple(str(s.path) for s in fold_sources)
-            if key not in blocks:
-                blocks.clear()
-                blocks[key] = load_block(fold_sources, meta_fields, ids=part)
-            block = blocks[key]
-            a = fold_models["attention"][fold].frame_attention(block)
-            p = fold_models["histogram"][fold].frame_proba(block)
-            attention = a if attention is None else attention + a
-            scores = p if scores is None else scores + p
-        assert attention is not None and scores is not None
-        rows = np.array([row_of[cid] for cid in part])
+        span = np.arange(start, min(start + chunk, len(ids)))
+        parts = {key: block.subset(span) for key, block in blocks.items()}
+        attention = (
+            sum(
+                fold_models["attention"][fold].frame_attention(parts[key])
+                for fold, key in enumerate(keys)
+            )
+            / config.folds
+        )
+        scores = (
+            sum(
+                fold_models["histogram"][fold].frame_proba(parts[key])
+                for fold, key in enumerate(keys)
+            )
+            / config.folds
+        )
+        rows = store_rows[span]
         order = np.argsort(rows)
-        index = np.empty((len(part), block.mask.shape[1]), dtype=np.int64)
+        index = np.empty((len(span), blocks[keys[0]].mask.shape[1]), dtype=np.int64)
         index[order] = first.frame_index(rows[order])
-        mask = block.mask
-        clip, slot = np.nonzero(mask)
+        clip, slot = np.nonzero(parts[keys[0]].mask)
         table = pd.DataFrame(
             {
-                "filepath": np.asarray(part, dtype=object)[clip],
+                "filepath": np.asarray(ids, dtype=object)[span][clip],
                 "frame_index": index[clip, slot],
-                "time_s": index[clip, slot] / rate[clip],
-                "attention": (attention / folds)[clip, slot],
+                "time_s": index[clip, slot] / rates[span][clip],
+                "attention": attention[clip, slot],
             }
         )
-        frame_scores = (scores / folds)[clip, slot]
+        frame_scores = scores[clip, slot]
         for k, name in enumerate(classes):
             table[name] = frame_scores[:, k]
         yield table

@@ -120,6 +120,7 @@ def predict(
             made.append(path)
             stores.append(str(path))
     first = FeatureStore(made[0])
+    meta = first.meta()
     current = {c.clip_id for c in clips}  # the cache may hold clips no longer in the input
     failed = _failures(made)
     ok_ids = [c for c in first.ids if c in current and c not in failed]
@@ -128,12 +129,12 @@ def predict(
         level1 = predict_level1(
             run, stores, models=info["level1_models"], device=device, ids=ok_ids
         )
-        probs = predict_level2(run, level1, first.meta().loc[ok_ids])
+        probs = predict_level2(run, level1, meta.loc[ok_ids])
     if per_frame is not None:
-        fps = first.meta()["fps"].to_dict()
-        tables = predict_frames(run, stores, ok_ids, fps, device=device)
+        fps = meta["fps"].to_dict()
+        tables = predict_frames(run, stores, ok_ids, fps, device=device) if ok_ids else iter(())
         _write_frames(Path(per_frame).absolute(), tables, frame_columns(classes))
-    partial = first.meta()["partial"]
+    partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
     written = table
     if fmt == "timelapse":
