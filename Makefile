@@ -12,10 +12,11 @@ RUN ?= runs/level1
 OUT ?= predictions.csv
 STORES ?=
 
-.PHONY: help install test lint features merge train-level1 train-level2 predict demo demo-finetune bench
+.PHONY: help install install-browser test lint features merge train-level1 train-level2 predict demo demo-finetune bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
+	@echo "make install-browser  Debian's chromium + chromium-driver (the report's browser tests)"
 	@echo "make test      run the test suite"
 	@echo "make lint      ruff check"
 	@echo "make features  VIDEOS=folder-or-csv FEATURES=out.h5: extract CNN features"
@@ -31,6 +32,17 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
 	$(BIN)/python -c "import torch, torchvision, decord, av, timm; print('jungle installed: torch', torch.__version__)"
+	$(MAKE) install-browser
+
+# the tests of `jungle report` open it in a real headless Chromium (Debian's packages)
+install-browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		/usr/bin/chromium --version; \
+	else \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y -q chromium chromium-driver \
+		|| ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver); \
+	fi
 
 test:
 	$(BIN)/python -m pytest
@@ -63,3 +75,4 @@ bench:
 	$(BIN)/python scripts/bench_features.py
 	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_level1.py
+	$(BIN)/python scripts/bench_report.py

@@ -46,6 +46,7 @@ from extract.store import (
     read_extraction,
     write_shard,
 )
+from extract.thumbnails import ClipFrames, Thumbnailer
 from extract.workers import decode_in_workers
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def extract_features(
     retry_failed: bool = False,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
+    thumbnails: Thumbnailer | None = None,
 ) -> ExtractSummary:
     """Extract features of every clip of ``source`` into the store ``out``.
 
@@ -156,6 +158,7 @@ def extract_features(
         overwrite: discard an existing store or shards made with other settings or from
             another source folder.
         shard: ``(I, N)``: process only the I-th of N slices of the clip list.
+        thumbnails: also write a thumbnail of each clip processed (:mod:`extract.thumbnails`).
 
     Raises:
         DiscoveryError, BackboneError, StoreError (LockError): with a message for the user.
@@ -199,7 +202,7 @@ def extract_features(
             parts.mkdir(parents=True, exist_ok=True)
             _decode_device_note(device)
             processed = _process(
-                todo, backbone, config, device, image_size, parts, attrs, show_progress
+                todo, backbone, config, device, image_size, parts, attrs, show_progress, thumbnails
             )
         loop_seconds = time.perf_counter() - loop_started
         shards = sorted(parts.glob("shard-*.h5")) if parts.exists() else []
@@ -393,9 +396,10 @@ def _process(
     parts: Path,
     attrs: dict,
     show_progress: bool,
+    thumbnails: Thumbnailer | None = None,
 ) -> int:
     extractor = TapExtractor(backbone, device, config.pooling, config.precision, config.tta)
-    batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames)
+    batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames, thumbnails)
     layers = list(backbone.taps)
     run_stamp = f"{time.time_ns():020d}"
     buffer = ShardBuffer()
@@ -438,11 +442,19 @@ class FrameBatcher:
 
     Every forward pass has exactly ``batch_frames`` frames (the last one is padded), so a
     clip's features do not depend on which other clips shared its batch: a resumed run
-    writes the same numbers as an uninterrupted one.
+    writes the same numbers as an uninterrupted one. With ``thumbnails``, the clips finished
+    by a pass get their thumbnails written then, while their frames are still here.
     """
 
-    def __init__(self, extractor: TapExtractor, layers: Sequence[str], batch_frames: int) -> None:
+    def __init__(
+        self,
+        extractor: TapExtractor,
+        layers: Sequence[str],
+        batch_frames: int,
+        thumbnails: Thumbnailer | None = None,
+    ) -> None:
         self.extractor = extractor
+        self.thumbnails = thumbnails
         self.layers = list(layers)
         self.batch_frames = batch_frames
         self._frames: list[torch.Tensor] = []
@@ -477,6 +489,7 @@ class FrameBatcher:
         pooled = {k: v[:n].float().cpu() for k, v in self.extractor(batch).items()}
         offset = 0
         done: list[ClipFeatures] = []
+        finished: list[dict] = []
         while offset < n:
             clip, item, parts = self._clips[0]
             need = len(item["frames"]) - self._received[0]
@@ -486,8 +499,17 @@ class FrameBatcher:
             offset += take
             if self._received[0] == len(item["frames"]):
                 done.append(self._finish_clip(clip, item, parts))
+                if self.thumbnails is not None:
+                    finished.append(item)
                 self._clips.pop(0)
                 self._received.pop(0)
+        if self.thumbnails is not None:
+            self.thumbnails.write(
+                [
+                    ClipFrames(f.clip_id, item["frames"], item["rows"], f.mask, f.features, f.meta)
+                    for f, item in zip(done, finished, strict=True)
+                ]
+            )
         return done
 
     def _finish_clip(

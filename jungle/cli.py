@@ -189,12 +189,13 @@ def _register() -> None:
     """Commands of the later stages, defined next to their code."""
     from pool.cli import train_level1_command
     from pool.finetune import finetune_command
-    from stack.cli import evaluate_command, predict_command, train_level2_command
+    from stack.cli import evaluate_command, predict_command, report_command, train_level2_command
 
     app.command("train-level1")(train_level1_command)
     app.command("train-level2")(train_level2_command)
     app.command("predict")(predict_command)
     app.command("evaluate")(evaluate_command)
+    app.command("report")(report_command)
     app.command("finetune")(finetune_command)
 
 

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from extract.store import FeatureStore
+from extract.thumbnails import Evidence
 from pool.config import Level1Error
-from pool.data import load_block
+from pool.data import FeatureBlock, load_block, meta_matrix
+from pool.estimators import load_estimator
 from pool.run import load_fold_models
 from pool.rundir import Run
 
@@ -48,6 +50,39 @@ def require_frame_models(models: Sequence[str]) -> None:
             f"per-frame output needs the {' and '.join(FRAME_MODELS)} models; the run has no "
             f"{', '.join(missing)} (train level 1 with them)"
         )
+
+
+def frame_evidence(
+    run_dir: Path | str, fold: int | None = None, device: str = "cpu"
+) -> Evidence | None:
+    """The evidence function of :mod:`extract.thumbnails` for clips being extracted with a
+    run's first store settings: the attention model's weight per frame (the mean over the
+    fold models; only fold ``fold``'s where the run has one store per fold). None (the
+    thumbnail is then the middle frame) when the run has no attention model, or reads
+    several stores (one store's features alone cannot be scored)."""
+    run = Run(run_dir)
+    config, inputs = run.config(), run.inputs()
+    if "attention" not in config.models or len(inputs["stores"]) != 1:
+        log.info("thumbnails: the middle frame (the run has no single-store attention model)")
+        return None
+    store = inputs["stores"][0]
+    folds = [fold or 0] if "per_fold" in store else list(range(config.folds))
+    models = [load_estimator(run.checkpoint("attention", f), device) for f in folds]
+    layers, meta_fields = list(store["layers"]), list(inputs["meta_fields"])
+
+    def evidence(
+        features: dict[str, np.ndarray], mask: np.ndarray, meta: Sequence[dict]
+    ) -> np.ndarray:
+        x = np.concatenate([features[layer] for layer in layers], axis=2)
+        block = FeatureBlock(
+            [str(i) for i in range(len(x))],
+            x,
+            mask,
+            meta_matrix(pd.DataFrame(list(meta)), meta_fields),
+        )
+        return sum(m.frame_attention(block) for m in models) / len(models)
+
+    return evidence
 
 
 def predict_frames(

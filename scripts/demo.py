@@ -6,7 +6,9 @@
 3. train the level-1 models with folds grouped by site (`jungle train-level1`);
 4. train the level-2 stacker on their OOF predictions (`jungle train-level2`);
 5. predict the held-out sites from their video files (`jungle predict`);
-6. score those predictions against the held-out labels (`jungle evaluate`).
+6. score those predictions against the held-out labels (`jungle evaluate`, with its plots);
+7. the HTML report of those predictions (`jungle report`); step 5 also writes them as a
+   Camtrap DP package (`--camtrap-dp`, with demo deployments and taxonomy written here).
 
 Every number printed is measured in this run. Sizes are chosen to finish well within
 15 minutes on a 2-core CPU (160x120 clips, 16 frames per clip, 720 clips: 480 for training).
@@ -19,6 +21,7 @@ import csv
 import logging
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -33,8 +36,9 @@ from pool.config import Level1Config  # noqa: E402
 from pool.metrics import metrics_table  # noqa: E402
 from pool.run import train_level1  # noqa: E402
 from scripts.make_demo_data import generate_demo  # noqa: E402
-from stack.evaluate import evaluate_predictions, report_tables  # noqa: E402
-from stack.predict import predict  # noqa: E402
+from stack.evaluate import evaluate_predictions, report_tables, save_plots  # noqa: E402
+from stack.predict import CamtrapRequest, predict  # noqa: E402
+from stack.report import write_report  # noqa: E402
 from stack.train import train_level2  # noqa: E402
 
 TRAIN_SITES = ("siteA", "siteB", "siteC", "siteD")
@@ -54,6 +58,47 @@ def split_manifests(data: Path) -> tuple[Path, Path]:
             writer.writerows(r for r in rows if r["site"] in sites)
         paths.append(path)
     return paths[0], paths[1]
+
+
+#: scientific names of the demo's classes (the taxonomy a Camtrap DP package needs).
+TAXONOMY = {
+    "chimpanzee": "Pan troglodytes",
+    "duiker": "Cephalophus",
+    "elephant": "Loxodonta cyclotis",
+    "hog": "Potamochoerus porcus",
+    "leopard": "Panthera pardus",
+}
+
+
+def camtrap_inputs(data: Path) -> tuple[Path, Path]:
+    """``deployments.csv`` (one made-up camera per site folder, around the time the clips
+    were generated: their files' times are their recording times) and ``taxonomy.csv``."""
+    stamps = [p.stat().st_mtime for p in data.rglob("*.mp4")]
+    start = datetime.fromtimestamp(min(stamps), UTC) - timedelta(days=1)
+    end = datetime.fromtimestamp(max(stamps), UTC) + timedelta(days=1)
+    deployments = data / "deployments.csv"
+    with deployments.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["deploymentID", "folder", "latitude", "longitude", "deploymentStart", "deploymentEnd"]
+        )
+        for k, site in enumerate(TRAIN_SITES + HELDOUT_SITES):
+            writer.writerow(
+                [
+                    f"demo-{site}",
+                    site,
+                    f"{5.75 + 0.02 * k:.4f}",
+                    f"{-7.10 - 0.03 * k:.4f}",
+                    start.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                    end.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                ]
+            )
+    taxonomy = data / "taxonomy.csv"
+    with taxonomy.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "scientificName"])
+        writer.writerows(TAXONOMY.items())
+    return deployments, taxonomy
 
 
 def main() -> None:
@@ -103,17 +148,31 @@ def main() -> None:
 
     console.rule("5. jungle predict (held-out sites)")
     predictions = out / "predictions.csv"
-    result = predict(heldout_csv, run, predictions)
+    deployments, taxonomy = camtrap_inputs(data)
+    package = out / "camtrap-dp"
+    result = predict(
+        heldout_csv, run, predictions, camtrap=CamtrapRequest(package, deployments, taxonomy)
+    )
     console.print(
-        f"{result.ok} ok, {result.partial} partial, {result.failed} failed → {predictions}"
+        f"{result.ok} ok, {result.partial} partial, {result.failed} failed → {predictions}; "
+        f"Camtrap DP package in {package}",
+        soft_wrap=True,
     )
 
     console.rule("6. jungle evaluate (held-out sites)")
     for table in report_tables(evaluate_predictions(predictions, heldout_csv)):
         console.print(table)
+    plots = save_plots(predictions, heldout_csv, out)
+    console.print("plots: " + ", ".join(p.name for p in plots), soft_wrap=True)
+
+    console.rule("7. jungle report")
+    report = write_report(predictions, out / "report.html", run=run, labels=heldout_csv)
+    console.print(
+        f"{report.out}: {report.clips} clips, {report.thumbnails} thumbnails", soft_wrap=True
+    )
     console.print(
         f"[bold green]demo done[/] in {time.perf_counter() - started:.0f} s. Predictions: "
-        f"{predictions}; run directory: {run}",
+        f"{predictions}; report: {report.out}; run directory: {run}",
         soft_wrap=True,
     )
 

@@ -18,8 +18,9 @@ from extract.store import StoreError
 from pool.config import Level1Error
 from pool.metrics import metrics_table
 from stack.boost import BoostParams
-from stack.evaluate import evaluate_predictions, report_tables
-from stack.predict import predict
+from stack.evaluate import evaluate_predictions, report_tables, save_plots
+from stack.predict import CamtrapRequest, predict
+from stack.report import PAGE_SIZES, write_report
 from stack.train import Level2Error, train_level2
 
 USER_ERRORS = (Level2Error, Level1Error, DiscoveryError, BackboneError, StoreError, ConfigError)
@@ -69,6 +70,31 @@ def predict_command(
         Path | None,
         typer.Option(help="Also write a per-frame timeline CSV (attention and frame scores)."),
     ] = None,
+    thumbnails: Annotated[
+        bool,
+        typer.Option(help="Save a thumbnail of each clip (for `jungle report`) in OUT.features/."),
+    ] = True,
+    camtrap_dp: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a Camtrap DP 1.0.2 package into this folder (needs --deployments "
+            "and --taxonomy; classes observed at --threshold, default 0.5)."
+        ),
+    ] = None,
+    deployments: Annotated[
+        Path | None,
+        typer.Option(
+            help="Camtrap DP: deploymentID,folder,latitude,longitude,deploymentStart,"
+            "deploymentEnd (ISO 8601 with UTC offset)."
+        ),
+    ] = None,
+    taxonomy: Annotated[
+        Path | None, typer.Option(help="Camtrap DP: class,scientificName for every class.")
+    ] = None,
+    camtrap_project: Annotated[
+        Path | None,
+        typer.Option(help="Camtrap DP: project metadata YAML (configs/camtrap-project.yaml)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
     shard_clips: Annotated[
@@ -87,6 +113,15 @@ def predict_command(
     setup_logging(err, verbose)
     sigterm_as_interrupt()
     try:
+        camtrap = None
+        if camtrap_dp is not None:
+            if deployments is None or taxonomy is None:
+                raise Level2Error("--camtrap-dp needs --deployments and --taxonomy")
+            camtrap = CamtrapRequest(camtrap_dp, deployments, taxonomy, camtrap_project)
+        elif deployments or taxonomy or camtrap_project:
+            raise Level2Error(
+                "--deployments, --taxonomy and --camtrap-project go with --camtrap-dp DIR"
+            )
         summary = predict(
             videos,
             run,
@@ -95,6 +130,8 @@ def predict_command(
             top_k=top_k,
             fmt=fmt,
             per_frame=per_frame,
+            thumbnails=thumbnails,
+            camtrap=camtrap,
             device=device,
             workers=workers,
             shard_clips=shard_clips,
@@ -121,12 +158,19 @@ def evaluate_command(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores as JSON here.")
     ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the PNG plots [default: the predictions CSV's folder]."),
+    ] = None,
 ) -> None:
     """Score predictions against labels: mean binary log loss, top-1 accuracy, blank-vs-animal
-    accuracy, macro F1 and per-class precision/recall."""
+    accuracy, macro F1 and per-class precision/recall; save the confusion matrix, the
+    per-class precision/recall and the blank-removal curve as PNG files
+    (PREDICTIONS.confusion.png, .per_class.png, .blank_removal.png)."""
     err = stderr_console()
     try:
         result = evaluate_predictions(predictions, labels)
+        pngs = save_plots(predictions, labels, plots or predictions.parent)
     except (*USER_ERRORS, FileNotFoundError) as exc:
         raise fail(err, str(exc)) from None
     out = Console()
@@ -144,3 +188,36 @@ def evaluate_command(
         err.print("; ".join(notes), soft_wrap=True)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    err.print("plots: " + ", ".join(str(p) for p in pngs), soft_wrap=True, highlight=False)
+
+
+def report_command(
+    predictions: Annotated[Path, typer.Option(help="Predictions CSV (from `jungle predict`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")],
+    run: Annotated[
+        Path | None, typer.Option(help="The run that made them (adds its OOF scores).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Labels CSV: adds scores, confusion matrix, blank-removal curve."),
+    ] = None,
+    page_size: Annotated[
+        int, typer.Option(help=f"Clip cards per page, one of {', '.join(map(str, PAGE_SIZES))}.")
+    ] = 60,
+) -> None:
+    """Write one self-contained HTML page over PREDICTIONS: clips per class, a card per clip
+    with its thumbnail and top-3 classes (filter, sort, pages), failed clips with reasons;
+    thumbnails go in OUT_files/ beside the page."""
+    err = stderr_console()
+    setup_logging(err, False)
+    try:
+        summary = write_report(predictions, out, run=run, labels=labels, page_size=page_size)
+    except (*USER_ERRORS, FileNotFoundError) as exc:
+        raise fail(err, str(exc)) from None
+    err.print(
+        f"[bold green]report[/] {summary.out}: {summary.clips} clips "
+        f"({summary.thumbnails} with a thumbnail), {summary.failed} failed; images in "
+        f"{summary.files}",
+        soft_wrap=True,
+        highlight=False,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from sklearn.metrics import precision_score, recall_score
 
 from pool.labels import read_labels
 from pool.metrics import evaluate
+from stack.plots import figures, save_png
 from stack.train import Level2Error
 
 
@@ -19,23 +21,39 @@ def _key(path: str) -> str:
     return Path(os.path.normpath(path)).as_posix()
 
 
-def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
-    """Scores of a predictions CSV (``filepath`` + one probability column per class, as
-    written by ``jungle predict``) against a labels CSV (any layout ``train-level1``
-    accepts). Rows match on ``filepath`` (normalised); failed rows (empty probabilities)
-    and clips without a label are counted and left out.
+@dataclass
+class Matched:
+    """Predictions matched to labels: the rows both have, with probabilities."""
 
-    Returns:
-        ``{"scores": evaluate(...) + per-class precision/recall, "clips": n scored,
-        "failed": n, "unlabelled": n, "missing": n labelled clips without a prediction}``.
+    classes: list[str]
+    ids: list[str]  #: the predictions' ``filepath`` of each scored row
+    targets: np.ndarray  #: ``(n, K)`` labels
+    probs: np.ndarray  #: ``(n, K)`` predicted probabilities
+    failed: int  #: labelled rows without probabilities (failed clips)
+    unlabelled: int  #: predictions without a label
+    missing: int  #: labelled clips without a prediction
+
+
+def match_predictions(predictions: Path | str | pd.DataFrame, labels: Path | str) -> Matched:
+    """Match a predictions CSV (``filepath`` + one probability column per class, as written
+    by ``jungle predict``; or the table itself) with a labels CSV (any layout
+    ``train-level1`` accepts). Rows match on ``filepath`` (normalised, also relative to the
+    labels' folder); failed rows (empty probabilities) and clips without a label are
+    counted and left out.
+
+    Raises:
+        Level2Error: no ``filepath`` or class column, or no row matches.
     """
     table = read_labels(labels)
-    preds = pd.read_csv(predictions, dtype={"filepath": str})
+    if isinstance(predictions, pd.DataFrame):
+        preds, name = predictions, "the predictions"
+    else:
+        preds, name = pd.read_csv(predictions, dtype={"filepath": str}), str(predictions)
     if "filepath" not in preds:
-        raise Level2Error(f"{predictions} has no 'filepath' column")
+        raise Level2Error(f"{name} has no 'filepath' column")
     absent = [c for c in table.classes if c not in preds.columns]
     if absent:
-        raise Level2Error(f"{predictions} has no probability column for classes {absent}")
+        raise Level2Error(f"{name} has no probability column for classes {absent}")
     root = Path(labels).parent
     label_rows = {}
     for i, fp in enumerate(table.filepaths):
@@ -50,34 +68,59 @@ def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
     matched = preds.iloc[keep]
     probs = matched[table.classes].to_numpy(dtype=np.float64)
     ok = ~np.isnan(probs).any(axis=1)
-    targets = table.targets[np.asarray(rows, dtype=int)][ok]
-    probs = probs[ok]
-    if len(probs) == 0:
+    if not ok.any():
         raise Level2Error("no prediction matches a labelled clip (compare the filepath columns)")
-    scores = evaluate(targets, probs, table.classes)
-    y, yhat = targets > 0.5, probs >= 0.5
-    scores["precision"] = dict(
-        zip(
-            table.classes,
-            precision_score(y, yhat, average=None, zero_division=0).tolist(),
-            strict=True,
-        )
+    return Matched(
+        classes=list(table.classes),
+        ids=[str(v) for v in matched["filepath"].to_numpy()[ok]],
+        targets=table.targets[np.asarray(rows, dtype=int)][ok],
+        probs=probs[ok],
+        failed=int((~ok).sum()),
+        unlabelled=int(len(preds) - len(keep)),
+        missing=int(len(table) - len(set(rows))),
     )
-    scores["recall"] = dict(
-        zip(
-            table.classes,
-            recall_score(y, yhat, average=None, zero_division=0).tolist(),
-            strict=True,
-        )
-    )
-    scores["support"] = dict(zip(table.classes, y.sum(axis=0).astype(int).tolist(), strict=True))
+
+
+def score_matched(m: Matched) -> dict:
+    """:func:`pool.metrics.evaluate` plus per-class precision, recall (at probability 0.5)
+    and support."""
+    scores = evaluate(m.targets, m.probs, m.classes)
+    y, yhat = m.targets > 0.5, m.probs >= 0.5
+    for key, metric in (("precision", precision_score), ("recall", recall_score)):
+        values = metric(y, yhat, average=None, zero_division=0).tolist()
+        scores[key] = dict(zip(m.classes, values, strict=True))
+    scores["support"] = dict(zip(m.classes, y.sum(axis=0).astype(int).tolist(), strict=True))
+    return scores
+
+
+def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
+    """Scores of a predictions CSV against a labels CSV (see :func:`match_predictions`).
+
+    Returns:
+        ``{"scores": score_matched(...), "clips": n scored, "failed": n, "unlabelled": n,
+        "missing": n labelled clips without a prediction}``.
+    """
+    m = match_predictions(predictions, labels)
     return {
-        "scores": scores,
-        "clips": int(ok.sum()),
-        "failed": int((~ok).sum()),
-        "unlabelled": int(len(preds) - len(keep)),
-        "missing": int(len(table) - len(set(rows))),
+        "scores": score_matched(m),
+        "clips": len(m.ids),
+        "failed": m.failed,
+        "unlabelled": m.unlabelled,
+        "missing": m.missing,
     }
+
+
+def save_plots(predictions: Path | str, labels: Path | str, folder: Path | str) -> list[Path]:
+    """Write the plots of :mod:`stack.plots` as ``<predictions stem>.<plot>.png`` in
+    ``folder`` (created); return their paths."""
+    m = match_predictions(predictions, labels)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(predictions).stem
+    return [
+        save_png(figure, folder / f"{stem}.{name}.png")
+        for name, figure in figures(m.targets, m.probs, m.classes, score_matched(m)).items()
+    ]
 
 
 def report_tables(result: dict) -> list[Table]:

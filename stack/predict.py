@@ -18,7 +18,11 @@ Failed clips keep their row with empty probabilities and the reason. ``--top-k K
 ``top2_label, top2_prob, ...`` up to K; ``--threshold T`` adds ``CLASS_present`` 0/1 columns.
 ``--per-frame FRAMES.csv`` also writes the per-frame timeline (:mod:`pool.frames`).
 ``--format timelapse`` writes the same predictions as a Timelapse import table instead
-(:mod:`stack.formats`).
+(:mod:`stack.formats`). Stage 1 also saves a thumbnail of each clip, the frame the run's
+attention model weighs most (:mod:`extract.thumbnails`), in ``OUT.features/thumbs/``:
+``jungle report`` shows them. ``--camtrap-dp DIR`` also writes the predictions as a Camtrap
+DP 1.0.2 package (:mod:`stack.camtrap`); its inputs are read and checked before any video
+work.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,16 +38,47 @@ import numpy as np
 import pandas as pd
 
 from extract.assemble import same_extraction
-from extract.discover import discover
+from extract.discover import Clip, discover
 from extract.pipeline import config_from_extraction, extract_features
 from extract.store import FeatureStore, read_extraction
-from pool.frames import frame_columns, predict_frames, require_frame_models
+from extract.thumbnails import Thumbnailer
+from extract.timestamps import clip_timestamp
+from pool.frames import (
+    FRAME_MODELS,
+    frame_columns,
+    frame_evidence,
+    predict_frames,
+    require_frame_models,
+)
 from pool.run import predict_level1
 from pool.rundir import Run
+from stack.camtrap import (
+    CamtrapError,
+    CamtrapInputs,
+    check_clips,
+    check_out_dir,
+    evidence_spans,
+    read_camtrap_inputs,
+    write_camtrap_dp,
+)
 from stack.formats import FORMATS, timelapse_table
 from stack.train import Level2Error, load_level2, predict_level2
 
 log = logging.getLogger(__name__)
+
+
+#: the probability at which a class is observed in a Camtrap DP package without --threshold.
+CAMTRAP_THRESHOLD = 0.5
+
+
+@dataclass
+class CamtrapRequest:
+    """``--camtrap-dp DIR --deployments D.csv --taxonomy T.csv [--camtrap-project P.yaml]``."""
+
+    out: Path
+    deployments: Path
+    taxonomy: Path
+    project: Path | None = None
 
 
 @dataclass
@@ -63,6 +98,12 @@ def features_dir(out: Path) -> Path:
     return out.with_name(out.stem + ".features")
 
 
+def thumbnails_dir(out: Path) -> Path:
+    """Where :func:`predict` saves the thumbnails of ``out``'s clips
+    (:func:`extract.thumbnails.thumbnail_path` names each)."""
+    return features_dir(out) / "thumbs"
+
+
 def predict(
     videos: Path | str,
     run: Path | str,
@@ -72,6 +113,8 @@ def predict(
     top_k: int = 1,
     fmt: str = "csv",
     per_frame: Path | str | None = None,
+    thumbnails: bool = True,
+    camtrap: CamtrapRequest | None = None,
     device: str = "auto",
     workers: int | None = None,
     shard_clips: int | None = None,
@@ -79,7 +122,11 @@ def predict(
 ) -> PredictSummary:
     """Predict every clip of ``videos`` with the trained run ``run``; write ``out`` (CSV in
     the shape ``fmt``, one of :data:`stack.formats.FORMATS`) and, with ``per_frame``, the
-    per-frame timeline CSV (:func:`pool.frames.predict_frames`; failed clips have no rows).
+    per-frame timeline CSV (:func:`pool.frames.predict_frames`; failed clips have no rows);
+    with ``thumbnails``, a thumbnail per clip extracted (:func:`thumbnails_dir`); with
+    ``camtrap``, a Camtrap DP package (classes observed at ``threshold``, default
+    :data:`CAMTRAP_THRESHOLD`; event times from the per-frame evidence when the run has the
+    attention and histogram models, else the whole clip).
 
     Raises:
         Level2Error, DiscoveryError, BackboneError, StoreError, Level1Error: for the user.
@@ -94,9 +141,18 @@ def predict(
         raise Level2Error(f"--top-k must be between 1 and {len(classes)}")
     if fmt not in FORMATS:
         raise Level2Error(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    models = Run(run).config().models
     if per_frame is not None:
-        require_frame_models(Run(run).config().models)
+        require_frame_models(models)
+    camtrap_inputs = None
+    if camtrap is not None:
+        camtrap_inputs = read_camtrap_inputs(
+            camtrap.deployments, camtrap.taxonomy, camtrap.project, classes
+        )
+        check_out_dir(camtrap.out)
     _, clips = discover(videos)
+    if camtrap_inputs is not None:
+        check_clips(camtrap_inputs, [c.clip_id for c in clips])
     inputs = Run(run).inputs()
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
@@ -108,15 +164,28 @@ def predict(
     stores: list[str] = []  # per run store: a path, or a {fold} pattern (one per fold)
     made: list[Path] = []
     for i, trained in enumerate(inputs["stores"]):
+        # thumbnails while the first store's clips are decoded (fold 0's, if per fold)
+        thumbs = None
+        if thumbnails and i == 0:
+            evidence = frame_evidence(run, 0 if "per_fold" in trained else None, device)
+            thumbs = Thumbnailer(thumbnails_dir(out), evidence)
         if "per_fold" in trained:
             for fold, item in enumerate(trained["per_fold"]):
                 path = cache / f"store{i}_fold{fold}.h5"
-                _extract(videos, path, item["extraction"], overrides, show_progress, fold)
+                _extract(
+                    videos,
+                    path,
+                    item["extraction"],
+                    overrides,
+                    show_progress,
+                    fold,
+                    thumbs if fold == 0 else None,
+                )
                 made.append(path)
             stores.append(str(cache / f"store{i}_fold{{fold}}.h5"))
         else:
             path = cache / f"store{i}.h5"
-            _extract(videos, path, trained["extraction"], overrides, show_progress)
+            _extract(videos, path, trained["extraction"], overrides, show_progress, None, thumbs)
             made.append(path)
             stores.append(str(path))
     first = FeatureStore(made[0])
@@ -130,12 +199,22 @@ def predict(
             run, stores, models=info["level1_models"], device=device, ids=ok_ids
         )
         probs = predict_level2(run, level1, meta.loc[ok_ids])
-    if per_frame is not None:
+    spans_wanted = camtrap is not None and all(m in models for m in FRAME_MODELS)
+    spans = None
+    if per_frame is not None or spans_wanted:
         fps = meta["fps"].to_dict()
         tables = predict_frames(run, stores, ok_ids, fps, device=device) if ok_ids else iter(())
-        _write_frames(Path(per_frame).absolute(), tables, frame_columns(classes))
+        if per_frame is not None:
+            tables = _written(Path(per_frame).absolute(), tables, frame_columns(classes))
+        if spans_wanted:
+            spans = evidence_spans(tables, classes, threshold or CAMTRAP_THRESHOLD)
+        else:
+            for _ in tables:  # written as they pass
+                pass
     partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
+    if camtrap is not None and camtrap_inputs is not None:
+        _write_camtrap(camtrap.out, table, classes, camtrap_inputs, clips, meta, spans, threshold)
     written = table
     if fmt == "timelapse":
         written = timelapse_table(table, classes, {c.clip_id: c.path for c in clips})
@@ -153,15 +232,42 @@ def predict(
     )
 
 
-def _write_frames(path: Path, tables: Iterable[pd.DataFrame], columns: list[str]) -> None:
-    """Append ``tables`` to a temporary CSV, then rename it to ``path`` (so a killed run
-    leaves no half-written timeline)."""
+def _written(
+    path: Path, tables: Iterable[pd.DataFrame], columns: list[str]
+) -> Iterator[pd.DataFrame]:
+    """Pass ``tables`` on, appending each to a temporary CSV first; once all have passed,
+    rename it to ``path`` (so a killed run leaves no half-written timeline)."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8", newline="") as handle:
         handle.write(",".join(columns) + "\n")
         for table in tables:
             table.to_csv(handle, header=False, index=False, float_format="%.6f")
+            yield table
     os.replace(tmp, path)
+
+
+def _write_camtrap(
+    out: Path,
+    table: pd.DataFrame,
+    classes: list[str],
+    inputs: CamtrapInputs,
+    clips: Sequence[Clip],
+    meta: pd.DataFrame,
+    spans: Mapping[str, Mapping[str, tuple[float, float]]] | None,
+    threshold: float | None,
+) -> None:
+    """The Camtrap DP package of the predictions ``table`` (every clip, failed ones too,
+    needs its recording time: :func:`extract.timestamps.clip_timestamp`)."""
+    times = {}
+    for clip in clips:
+        try:
+            times[clip.clip_id] = clip_timestamp(clip.path)[0]
+        except OSError as exc:
+            raise CamtrapError(f"{clip.clip_id}: no recording time ({exc})") from None
+    durations = meta["duration"].astype(float).to_dict()
+    write_camtrap_dp(
+        out, table, classes, inputs, times, durations, spans, threshold or CAMTRAP_THRESHOLD
+    )
 
 
 def _extract(
@@ -171,8 +277,10 @@ def _extract(
     overrides: dict[str, object],
     show_progress: bool,
     fold: int | None = None,
+    thumbnails: Thumbnailer | None = None,
 ) -> None:
-    """Stage 1 into ``path`` with a training store's ``extraction`` settings (resumable).
+    """Stage 1 into ``path`` with a training store's ``extraction`` settings (resumable),
+    writing ``thumbnails`` of the clips it extracts.
 
     Raises:
         Level2Error: the features made differ from the training features' settings.
@@ -180,7 +288,7 @@ def _extract(
     config = config_from_extraction(extraction, **overrides)
     which = extraction["backbone"] + ("" if fold is None else f", fold {fold}'s checkpoint")
     log.info("stage 1 (%s) into %s", which, path.name)
-    extract_features(videos, path, config, show_progress=show_progress)
+    extract_features(videos, path, config, show_progress=show_progress, thumbnails=thumbnails)
     if not same_extraction(read_extraction(path), extraction):
         raise Level2Error(
             f"features of {path} differ from the run's training features (was a weights file "

@@ -8,6 +8,7 @@ import pytest
 
 from extract.config import FeaturesConfig
 from tests.media import indexed_clip
+from tests.predict_runs import make_demo_run, make_mixed_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -40,3 +41,16 @@ def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_config() -> FeaturesConfig:
     """The default backbone on few, small frames: seconds per run on 2 CPU cores."""
     return FeaturesConfig(frames=8, image_size=64, workers=1, batch_frames=16, shard_clips=2)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small run (attention + histogram, level 2) trained on generated demo clips:
+    (run, data folder)."""
+    return make_demo_run(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def mixed_folder(demo_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clips to predict: 5 good ones (4 demo clips and a 3-frame one), 2 that fail."""
+    return make_mixed_folder(demo_run[1], tmp_path_factory.mktemp("mixed"))

@@ -14,47 +14,24 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from extract.config import FeaturesConfig
-from extract.pipeline import extract_features
 from extract.probe import probe
 from extract.store import FeatureStore
-from pool.config import Level1Config, Level1Error, load_config
+from extract.thumbnails import THUMB_WIDTH, thumbnail_path
+from pool.config import Level1Error
 from pool.frames import require_frame_models
 from pool.run import train_level1
 from pool.rundir import Run
 from pool.synthetic import SyntheticSpec, write_synthetic_store
-from scripts.make_demo_data import generate_demo
 from stack.boost import _log_loss, base_margin, fit_base
 from stack.candidates import stack_inputs
 from stack.evaluate import evaluate_predictions
-from stack.predict import features_dir, predict
+from stack.predict import features_dir, predict, thumbnails_dir
 from stack.stacker import Stacker
 from stack.train import Level2Error, load_level2, predict_level2, train_level2
-from tests.media import indexed_clip
-
-FAST = {
-    "pool": {"epochs": 20, "patience": 5, "use_meta": False},
-    "histogram": {"frame_steps": 200, "n_estimators": 150},
-    "attention": {"epochs": 20, "patience": 5},
-    "gru": {"epochs": 20, "patience": 5},
-}
-
-
-def fast_level1(store: Path, labels_csv: Path, run: Path, **extra: object) -> Level1Config:
-    """Quick level-1 settings: pool and histogram, 3 folds, one thread, few epochs."""
-    settings = {
-        "features": [str(store)],
-        "labels": str(labels_csv),
-        "run": str(run),
-        "models": ["pool", "histogram"],
-        "folds": 3,
-        "threads": 1,
-        "device": "cpu",
-        **FAST,
-        **extra,
-    }
-    return load_config(None, settings)
+from tests.media import indexed_clip, read_index
+from tests.predict_runs import fast_level1
 
 
 @pytest.fixture(scope="module")
@@ -148,36 +125,7 @@ def test_train_level2_needs_a_finished_level1_run(tmp_path: Path) -> None:
         train_level2(tmp_path)
 
 
-# --- predict on real (generated) video files -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A small run trained on features of generated demo clips: (run, data folder)."""
-    base = tmp_path_factory.mktemp("demo")
-    data = base / "data"
-    labels_csv = generate_demo(data, n_clips=48, sites=("siteA", "siteB", "siteC"), seed=1)
-    store = base / "train.h5"
-    extract_features(
-        labels_csv, store, FeaturesConfig(frames=8, image_size=64, workers=1), show_progress=False
-    )
-    settings = fast_level1(store, labels_csv, base / "run", group_column="site")
-    # attention + histogram: the per-frame timeline needs both
-    run = train_level1(settings.model_copy(update={"models": ["attention", "histogram"]}))
-    train_level2(run)
-    return run, data
-
-
-@pytest.fixture(scope="module")
-def mixed_folder(demo_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _, data = demo_run
-    folder = tmp_path_factory.mktemp("mixed")
-    for clip in sorted((data / "siteA").glob("*.mp4"))[:4]:
-        os.symlink(clip, folder / clip.name)
-    (folder / "empty.mp4").write_bytes(b"")
-    (folder / "notes.mp4").write_text("field notes, not a video\n" * 20)
-    indexed_clip(folder / "short.mp4", 3)
-    return folder
+# --- predict on real (generated) video files (fixtures demo_run, mixed_folder: conftest)
 
 
 def test_predict_one_row_per_clip_with_status(
@@ -273,6 +221,14 @@ def test_predict_per_frame_timeline(
     assert frames.groupby("filepath").size()["short.mp4"] == 3
     assert ((frames[classes] >= 0) & (frames[classes] <= 1)).all().all()
     assert frames[classes].std().max() > 0  # frames are scored, not a constant
+    # thumbnails: one per clip that has features, the frame the attention weighs most
+    for clip, state in status.items():
+        assert thumbnail_path(thumbnails_dir(out), clip).is_file() == (state != "failed")
+    short = frames[frames["filepath"] == "short.mp4"].reset_index(drop=True)
+    image = np.asarray(Image.open(thumbnail_path(thumbnails_dir(out), "short.mp4")))
+    info = probe(mixed_folder / "short.mp4")
+    assert image.shape == (round(THUMB_WIDTH * info.height / info.width), THUMB_WIDTH, 3)
+    assert read_index(image) == short.loc[short["attention"].idxmax(), "frame_index"]
 
 
 def test_per_frame_needs_the_attention_and_histogram_models() -> None:
@@ -371,3 +327,15 @@ def test_evaluate_scores_predictions_against_labels(
     perfect.to_csv(tmp_path / "perfect.csv", index=False)
     best = evaluate_predictions(tmp_path / "perfect.csv", data / "labels.csv")["scores"]
     assert best["log_loss"] < 1e-5 and best["top1_accuracy"] == 1.0
+    # the command line also saves the plots as PNG files
+    args = ["evaluate", "--predictions", str(out), "--labels", str(data / "labels.csv")]
+    done = subprocess.run(
+        [sys.executable, "-m", "jungle", *args, "--plots", str(tmp_path / "plots")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("confusion", "per_class", "blank_removal"):
+        with Image.open(tmp_path / "plots" / f"pred_all.{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 100

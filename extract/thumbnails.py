@@ -1,0 +1,121 @@
+"""Clip thumbnails saved while stage 1 has the frames: one small JPEG per clip, the frame
+with the most evidence.
+
+Re-decoding a survey's clips for a report would take hours, so ``jungle predict`` writes a
+thumbnail of each clip as its features are made. Which frame: the one an *evidence*
+function scores highest among the clip's real frames (``jungle predict`` gives the run's
+attention model, :func:`pool.frames.frame_evidence`); without one, the middle real frame.
+The frame is the decoded one (squashed to the CNN's square input) stretched back to the
+clip's aspect ratio, :data:`THUMB_WIDTH` pixels wide.
+
+Files: ``FOLDER/ab/<sha1 of the clip id>.jpg`` (``ab`` = the first two hex digits, so no
+folder holds more than 1/256 of a survey), written through a temporary file and a rename;
+a clip extracted again (changed file, retried failure) gets its thumbnail rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+#: width in pixels of a thumbnail (height from the clip's aspect ratio).
+THUMB_WIDTH = 192
+#: JPEG quality of a thumbnail.
+THUMB_QUALITY = 80
+
+#: ``(features: layer -> (n, T, C) float16, mask: (n, T) bool, meta: n dicts) -> (n, T)``
+#: scores per frame slot; the highest real slot of each clip is its thumbnail.
+Evidence = Callable[[dict[str, np.ndarray], np.ndarray, Sequence[dict]], np.ndarray]
+
+
+def thumbnail_path(folder: Path | str, clip_id: str) -> Path:
+    """Where the thumbnail of ``clip_id`` is (or would be) in ``folder``."""
+    digest = hashlib.sha1(clip_id.encode("utf-8")).hexdigest()
+    return Path(folder) / digest[:2] / f"{digest}.jpg"
+
+
+@dataclass
+class ClipFrames:
+    """What the thumbnail of one finished clip is made from."""
+
+    clip_id: str
+    frames: np.ndarray  #: ``(U, H, W, 3)`` uint8, the distinct decoded frames (or a tensor)
+    rows: np.ndarray  #: ``(T,)`` slot → row of ``frames``
+    mask: np.ndarray  #: ``(T,)`` True on real slots
+    features: dict[str, np.ndarray]  #: layer → ``(T, C)`` float16
+    meta: dict  #: the clip's metadata (``width``, ``height``)
+
+
+class Thumbnailer:
+    """Writes the thumbnails of finished clips into ``folder`` (see the module doc)."""
+
+    def __init__(
+        self, folder: Path | str, evidence: Evidence | None = None, width: int = THUMB_WIDTH
+    ) -> None:
+        self.folder = Path(folder)
+        self.evidence = evidence
+        self.width = width
+
+    def write(self, clips: Sequence[ClipFrames]) -> None:
+        """Write one thumbnail per clip of ``clips`` (a failure to write is logged, never
+        raised: a missing thumbnail must not cost a clip its features)."""
+        if not clips:
+            return
+        slots = self.best_slots(clips)
+        for clip, slot in zip(clips, slots, strict=True):
+            frame = clip.frames[int(clip.rows[slot])]
+            if hasattr(frame, "cpu"):  # a torch tensor (frames decoded on the GPU)
+                frame = frame.cpu().numpy()
+            try:
+                save_thumbnail(
+                    thumbnail_path(self.folder, clip.clip_id), frame, _aspect(clip.meta), self.width
+                )
+            except OSError as exc:
+                log.warning("%s: thumbnail not written (%s)", clip.clip_id, exc)
+
+    def best_slots(self, clips: Sequence[ClipFrames]) -> np.ndarray:
+        """The slot of each clip's thumbnail: highest evidence among real slots, or the
+        middle real slot without an evidence function."""
+        masks = np.stack([np.asarray(c.mask, dtype=bool) for c in clips])
+        if self.evidence is None:
+            return (masks.sum(axis=1) - 1) // 2  # real slots are a prefix
+        layers = list(clips[0].features)
+        features = {k: np.stack([c.features[k] for c in clips]) for k in layers}
+        scores = np.asarray(self.evidence(features, masks, [c.meta for c in clips]), dtype=float)
+        scores = np.where(masks, scores, -np.inf)
+        return np.argmax(scores, axis=1)
+
+
+def save_thumbnail(path: Path, frame: np.ndarray, aspect: float, width: int = THUMB_WIDTH) -> Path:
+    """Write ``frame`` (``(H, W, 3)`` uint8 RGB) as a JPEG ``width`` pixels wide with
+    ``aspect`` (width / height), through a temporary file and a rename.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    height = max(1, round(width / aspect))
+    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="JPEG", quality=THUMB_QUALITY)
+    os.replace(tmp, path)
+    return path
+
+
+def _aspect(meta: dict) -> float:
+    """Width / height of the clip (1 when unknown)."""
+    try:
+        w, h = float(meta.get("width") or 0), float(meta.get("height") or 0)
+    except (TypeError, ValueError):
+        return 1.0
+    return w / h if w > 0 and h > 0 else 1.0
