@@ -32,7 +32,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
 	$(BIN)/python -c "import torch, torchvision, decord, av, timm; print('jungle installed: torch', torch.__version__)"
-	$(MAKE) install-browser
+	-$(MAKE) install-browser  # (a failure here only fails the report's browser tests)
 
 # the tests of `jungle report` open it in a real headless Chromium (Debian's packages)
 install-browser:

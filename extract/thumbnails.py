@@ -66,11 +66,16 @@ class Thumbnailer:
         self.width = width
 
     def write(self, clips: Sequence[ClipFrames]) -> None:
-        """Write one thumbnail per clip of ``clips`` (a failure to write is logged, never
-        raised: a missing thumbnail must not cost a clip its features)."""
+        """Write one thumbnail per clip of ``clips``. Failures are logged, never raised (a
+        missing thumbnail must not cost a clip its features): an evidence function that
+        fails falls back to the middle frames, a file that cannot be written is skipped."""
         if not clips:
             return
-        slots = self.best_slots(clips)
+        try:
+            slots = self.best_slots(clips)
+        except Exception as exc:  # noqa: BLE001 (a thumbnail must never cost a clip)
+            log.warning("thumbnail evidence failed (%s): using the middle frames", exc)
+            slots = Thumbnailer(self.folder).best_slots(clips)
         for clip, slot in zip(clips, slots, strict=True):
             frame = clip.frames[int(clip.rows[slot])]
             if hasattr(frame, "cpu"):  # a torch tensor (frames decoded on the GPU)
@@ -79,7 +84,7 @@ class Thumbnailer:
                 save_thumbnail(
                     thumbnail_path(self.folder, clip.clip_id), frame, _aspect(clip.meta), self.width
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 log.warning("%s: thumbnail not written (%s)", clip.clip_id, exc)
 
     def best_slots(self, clips: Sequence[ClipFrames]) -> np.ndarray:

@@ -13,13 +13,17 @@ import av
 log = logging.getLogger(__name__)
 
 
-def clip_timestamp(path: Path) -> tuple[datetime, str]:
+def clip_timestamp(path: Path, tags: bool = True) -> tuple[datetime, str]:
     """``(time, source)`` of ``path``: ``source`` is ``creation_time`` (the container's
     tag, UTC) or ``mtime`` (the file's modification time). The time is timezone-aware (UTC).
+    ``tags=False`` skips the container (for a file that failed to decode: opening it again
+    could hang) and gives the modification time.
 
     Raises:
         OSError: the file cannot be read at all.
     """
+    if not tags:
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC), "mtime"
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             tags = [dict(container.metadata)]

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
 from tests.browser import chromium  # noqa: E402
 
 
@@ -32,8 +34,11 @@ def main() -> None:
             driver.execute_script(
                 "document.getElementById(arguments[0]).scrollIntoView()", args.scroll_to
             )
-        driver.execute_script(
-            "return Promise.all([...document.images].map(i => i.decode().catch(() => 0)))"
+        WebDriverWait(driver, 20).until(  # the images in view have loaded
+            lambda d: d.execute_script(
+                "return [...document.images].filter(i => i.getBoundingClientRect().top < "
+                "innerHeight).every(i => i.complete && i.naturalWidth > 0)"
+            )
         )
         driver.save_screenshot(str(args.png))
     print(f"{args.png}: {args.width}x{args.height}")

@@ -170,7 +170,6 @@ def evaluate_command(
     err = stderr_console()
     try:
         result = evaluate_predictions(predictions, labels)
-        pngs = save_plots(predictions, labels, plots or predictions.parent)
     except (*USER_ERRORS, FileNotFoundError) as exc:
         raise fail(err, str(exc)) from None
     out = Console()
@@ -188,6 +187,10 @@ def evaluate_command(
         err.print("; ".join(notes), soft_wrap=True)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    try:
+        pngs = save_plots(predictions, labels, plots or predictions.parent)
+    except OSError as exc:
+        raise fail(err, f"plots not saved: {exc}") from None
     err.print("plots: " + ", ".join(str(p) for p in pngs), soft_wrap=True, highlight=False)
 
 
@@ -212,7 +215,7 @@ def report_command(
     setup_logging(err, False)
     try:
         summary = write_report(predictions, out, run=run, labels=labels, page_size=page_size)
-    except (*USER_ERRORS, FileNotFoundError) as exc:
+    except (*USER_ERRORS, OSError) as exc:
         raise fail(err, str(exc)) from None
     err.print(
         f"[bold green]report[/] {summary.out}: {summary.clips} clips "

@@ -213,14 +213,16 @@ def predict(
                 pass
     partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
-    if camtrap is not None and camtrap_inputs is not None:
-        _write_camtrap(camtrap.out, table, classes, camtrap_inputs, clips, meta, spans, threshold)
     written = table
     if fmt == "timelapse":
         written = timelapse_table(table, classes, {c.clip_id: c.path for c in clips})
     tmp = out.with_name(out.name + ".tmp")
     written.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, out)
+    os.replace(tmp, out)  # the predictions first: nothing later can lose them
+    if camtrap is not None and camtrap_inputs is not None:
+        _write_camtrap(
+            camtrap.out, table, classes, camtrap_inputs, clips, meta, spans, threshold, failed
+        )
     status = table["status"].value_counts()
     return PredictSummary(
         out=out,
@@ -255,13 +257,15 @@ def _write_camtrap(
     meta: pd.DataFrame,
     spans: Mapping[str, Mapping[str, tuple[float, float]]] | None,
     threshold: float | None,
+    failed: Mapping[str, str],
 ) -> None:
     """The Camtrap DP package of the predictions ``table`` (every clip, failed ones too,
-    needs its recording time: :func:`extract.timestamps.clip_timestamp`)."""
+    needs its recording time: :func:`extract.timestamps.clip_timestamp`; a failed clip's
+    container is not opened again, its file time is used)."""
     times = {}
     for clip in clips:
         try:
-            times[clip.clip_id] = clip_timestamp(clip.path)[0]
+            times[clip.clip_id] = clip_timestamp(clip.path, clip.clip_id not in failed)[0]
         except OSError as exc:
             raise CamtrapError(f"{clip.clip_id}: no recording time ({exc})") from None
     durations = meta["duration"].astype(float).to_dict()

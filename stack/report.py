@@ -11,7 +11,7 @@ blank-removal curve (the plots of :mod:`stack.plots`, inline).
 The thumbnails are the ones ``jungle predict`` saved while it had the frames
 (:func:`stack.predict.thumbnails_dir`); they are linked (or copied) into ``REPORT_files/``
 beside the page, so the page and that folder can be moved or archived together. The clip
-table travels inside the page as JSON (about 100 bytes per clip and class).
+table travels inside the page as JSON (about 230 bytes per clip with 24 classes).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: the page sizes offered (cards per page); the largest bounds what a page renders.
 PAGE_SIZES: tuple[int, ...] = (24, 60, 120, 240)
+#: the file that marks a report's image folder (only such a folder is ever replaced).
+MARKER = ".jungle-report"
 #: failed clips listed in the page (all of them are in the predictions CSV).
 MAX_FAILED_ROWS = 2000
 _STATUS = ("ok", "partial", "failed")
@@ -91,9 +95,14 @@ def write_report(
     top = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=int)
     partial = (table.loc[ok, "status"] == "partial").to_numpy()
     rows = [
-        [cid, thumb, int(part), int(t), *np.round(p, 4).tolist()]
+        [cid, thumb, int(part), int(t), *p]
         for cid, thumb, part, t, p in zip(
-            table.loc[ok, "filepath"], thumbs, partial, top, probs, strict=True
+            table.loc[ok, "filepath"],
+            thumbs,
+            partial,
+            top,
+            np.round(probs, 4).tolist(),
+            strict=True,
         )
     ]
     failed = table.loc[table["status"] == "failed", ["filepath", "error"]].fillna("")
@@ -114,15 +123,31 @@ def write_report(
         ),
     }
     page = resources.files("stack").joinpath("report_page.html").read_text(encoding="utf-8")
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    page = page.replace("/*DATA*/", payload, 1)
     page = page.replace("<!--RUN-->", _run_section(run) if run is not None else "", 1)
     evaluation = _evaluation_section(table, labels) if labels is not None else ""
     page = page.replace("<!--EVALUATION-->", evaluation, 1)
+    head, tail = page.split("/*DATA*/", 1)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(head)
+        # inside <script> no text may open a tag or comment: every < > & as \u escapes
+        json.dump(data, _ScriptSafe(handle), ensure_ascii=False, separators=(",", ":"))
+        handle.write(tail)
     os.replace(tmp, out)
     return ReportSummary(out, len(rows), len(failed), sum(bool(t) for t in thumbs), files)
+
+
+class _ScriptSafe:
+    """A text sink that writes ``<``, ``>`` and ``&`` as JSON ``\\u`` escapes (valid JSON,
+    inert inside an HTML ``<script>`` element, whatever the clip ids hold)."""
+
+    _TABLE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+
+    def write(self, text: str) -> int:
+        return self.handle.write(text.translate(self._TABLE))
 
 
 def _read_predictions(path: Path) -> pd.DataFrame:
@@ -168,23 +193,38 @@ def _classes(table: pd.DataFrame, run: Path | str | None) -> list[str]:
 
 
 def _copy_thumbnails(source: Path, ids: pd.Series, files: Path) -> list[str]:
-    """Link (or copy) each clip's thumbnail into ``files/thumbs/<n>.jpg``; return the paths
-    relative to the page ("" where ``jungle predict`` saved none). The folder is rebuilt."""
+    """Link (or copy) each clip's thumbnail into ``files/thumbs/<xx>/<n>.jpg`` (``xx`` = n
+    mod 256 in hex: no folder holds more than 1/256 of them); return the URLs relative to
+    the page ("" where ``jungle predict`` saved none). The folder is rebuilt; one that
+    jungle did not make (no :data:`MARKER` in it) is refused, never deleted.
+
+    Raises:
+        Level2Error: ``files`` exists and is not a report folder.
+    """
+    if files.exists() and not (files / MARKER).is_file():
+        raise Level2Error(
+            f"{files} exists and was not made by `jungle report`; move it away or choose "
+            "another --out"
+        )
     tmp = files.with_name(files.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "thumbs").mkdir(parents=True)
+    (tmp / MARKER).write_text("made by jungle report; replaced by the next one\n")
+    url = quote(files.name)
     found = []
     for n, cid in enumerate(ids):
         src = thumbnail_path(source, cid)
         if not src.is_file():
             found.append("")
             continue
-        dst = tmp / "thumbs" / f"{n}.jpg"
+        sub = f"{n % 256:02x}"
+        dst = tmp / "thumbs" / sub / f"{n}.jpg"
+        dst.parent.mkdir(exist_ok=True)
         try:
             os.link(src, dst)
         except OSError:
             shutil.copyfile(src, dst)
-        found.append(f"{files.name}/thumbs/{n}.jpg")
+        found.append(f"{url}/thumbs/{sub}/{n}.jpg")
     missing = found.count("")
     if missing:
         log.warning(

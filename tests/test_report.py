@@ -117,7 +117,9 @@ def test_report_pages_a_large_survey(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     classes = ["chimp", "duiker", "blank"]
     probs = rng.dirichlet(np.ones(3), size=130)
-    table = pd.DataFrame({"filepath": [f"cam/{i:04d}.mp4" for i in range(130)]})
+    ids = [f"cam/{i:04d}.mp4" for i in range(130)]
+    ids[7] = "cam/0007<!--<script>&amp;.mp4"  # would swallow the page if not escaped
+    table = pd.DataFrame({"filepath": ids})
     for k, c in enumerate(classes):
         table[c] = probs[:, k]
     table["top_label"] = np.asarray(classes)[probs.argmax(axis=1)]
@@ -145,7 +147,18 @@ def test_report_pages_a_large_survey(tmp_path: Path) -> None:
         assert len(_cards(driver)) == 120 and info.text == "page 1 of 2 (129 clips)"
         failed = driver.find_element(By.CSS_SELECTOR, "#failed tbody").text
         assert "a reason with <b>markup</b>" in failed  # shown as text, never as HTML
+        _choose(driver, "page-size", "24")
+        first = [c.get_attribute("data-clip-id") for c in _cards(driver)]
+        assert first[6] == "cam/0007<!--<script>&amp;.mp4"
         assert _console_errors(driver) == []
+    # a folder beside the page that the report did not make is refused, never deleted
+    (tmp_path / "other.html").write_text("x")
+    (tmp_path / "other_files").mkdir()
+    (tmp_path / "other_files" / "keep.txt").write_text("someone's file")
+    with pytest.raises(Level2Error, match="was not made by `jungle report`"):
+        write_report(pred, tmp_path / "other.html")
+    assert (tmp_path / "other_files" / "keep.txt").is_file()
+    write_report(pred, page, page_size=24)  # its own folder is replaced
 
 
 def test_report_errors_are_one_line(predicted: tuple[Path, Path], tmp_path: Path) -> None:

@@ -65,3 +65,15 @@ def test_a_thumbnail_that_cannot_be_written_is_logged_not_raised(
     with caplog.at_level(logging.WARNING):
         Thumbnailer(blocker).write([_clip("a.mp4", 2)])
     assert "a.mp4: thumbnail not written" in caplog.text
+
+
+def test_a_failing_evidence_function_falls_back_to_the_middle_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(features: dict, mask: np.ndarray, meta: list) -> np.ndarray:
+        raise RuntimeError("CUDA out of memory")
+
+    with caplog.at_level(logging.WARNING):
+        Thumbnailer(tmp_path, broken).write([_clip("a.mp4", 5)])
+    assert "thumbnail evidence failed (CUDA out of memory)" in caplog.text
+    assert read_index(np.asarray(Image.open(thumbnail_path(tmp_path, "a.mp4")))) == 2
