@@ -75,7 +75,7 @@ class Thumbnailer:
             slots = self.best_slots(clips)
         except Exception as exc:  # noqa: BLE001 (a thumbnail must never cost a clip)
             log.warning("thumbnail evidence failed (%s): using the middle frames", exc)
-            slots = Thumbnailer(self.folder).best_slots(clips)
+            slots = _middle_slots(np.stack([np.asarray(c.mask, dtype=bool) for c in clips]))
         for clip, slot in zip(clips, slots, strict=True):
             frame = clip.frames[int(clip.rows[slot])]
             if hasattr(frame, "cpu"):  # a torch tensor (frames decoded on the GPU)
@@ -92,7 +92,7 @@ class Thumbnailer:
         middle real slot without an evidence function."""
         masks = np.stack([np.asarray(c.mask, dtype=bool) for c in clips])
         if self.evidence is None:
-            return (masks.sum(axis=1) - 1) // 2  # real slots are a prefix
+            return _middle_slots(masks)
         layers = list(clips[0].features)
         features = {k: np.stack([c.features[k] for c in clips]) for k in layers}
         scores = np.asarray(self.evidence(features, masks, [c.meta for c in clips]), dtype=float)
@@ -115,6 +115,11 @@ def save_thumbnail(path: Path, frame: np.ndarray, aspect: float, width: int = TH
     image.save(tmp, format="JPEG", quality=THUMB_QUALITY)
     os.replace(tmp, path)
     return path
+
+
+def _middle_slots(masks: np.ndarray) -> np.ndarray:
+    """The middle real slot of each row of ``(n, T)`` masks (real slots are a prefix)."""
+    return (masks.sum(axis=1) - 1) // 2
 
 
 def _aspect(meta: dict) -> float:

@@ -36,7 +36,7 @@ from pool.config import Level1Config  # noqa: E402
 from pool.metrics import metrics_table  # noqa: E402
 from pool.run import train_level1  # noqa: E402
 from scripts.make_demo_data import generate_demo  # noqa: E402
-from stack.evaluate import evaluate_predictions, report_tables, save_plots  # noqa: E402
+from stack.evaluate import evaluation, match_predictions, report_tables, save_plots  # noqa: E402
 from stack.predict import CamtrapRequest, predict  # noqa: E402
 from stack.report import write_report  # noqa: E402
 from stack.train import train_level2  # noqa: E402
@@ -160,9 +160,11 @@ def main() -> None:
     )
 
     console.rule("6. jungle evaluate (held-out sites)")
-    for table in report_tables(evaluate_predictions(predictions, heldout_csv)):
+    matched = match_predictions(predictions, heldout_csv)
+    result = evaluation(matched)
+    for table in report_tables(result):
         console.print(table)
-    plots = save_plots(predictions, heldout_csv, out)
+    plots = save_plots(matched, result["scores"], out, predictions.stem)
     console.print("plots: " + ", ".join(p.name for p in plots), soft_wrap=True)
 
     console.rule("7. jungle report")

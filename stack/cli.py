@@ -18,7 +18,7 @@ from extract.store import StoreError
 from pool.config import Level1Error
 from pool.metrics import metrics_table
 from stack.boost import BoostParams
-from stack.evaluate import evaluate_predictions, report_tables, save_plots
+from stack.evaluate import evaluation, match_predictions, report_tables, save_plots
 from stack.predict import CamtrapRequest, predict
 from stack.report import PAGE_SIZES, write_report
 from stack.train import Level2Error, train_level2
@@ -169,9 +169,10 @@ def evaluate_command(
     (PREDICTIONS.confusion.png, .per_class.png, .blank_removal.png)."""
     err = stderr_console()
     try:
-        result = evaluate_predictions(predictions, labels)
+        matched = match_predictions(predictions, labels)
     except (*USER_ERRORS, FileNotFoundError) as exc:
         raise fail(err, str(exc)) from None
+    result = evaluation(matched)
     out = Console()
     for table in report_tables(result):
         out.print(table)
@@ -188,7 +189,7 @@ def evaluate_command(
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     try:
-        pngs = save_plots(predictions, labels, plots or predictions.parent)
+        pngs = save_plots(matched, result["scores"], plots or predictions.parent, predictions.stem)
     except OSError as exc:
         raise fail(err, f"plots not saved: {exc}") from None
     err.print("plots: " + ", ".join(str(p) for p in pngs), soft_wrap=True, highlight=False)

@@ -93,14 +93,8 @@ def score_matched(m: Matched) -> dict:
     return scores
 
 
-def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
-    """Scores of a predictions CSV against a labels CSV (see :func:`match_predictions`).
-
-    Returns:
-        ``{"scores": score_matched(...), "clips": n scored, "failed": n, "unlabelled": n,
-        "missing": n labelled clips without a prediction}``.
-    """
-    m = match_predictions(predictions, labels)
+def evaluation(m: Matched) -> dict:
+    """The scores of matched predictions (see :func:`evaluate_predictions`)."""
     return {
         "scores": score_matched(m),
         "clips": len(m.ids),
@@ -110,16 +104,25 @@ def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
     }
 
 
-def save_plots(predictions: Path | str, labels: Path | str, folder: Path | str) -> list[Path]:
-    """Write the plots of :mod:`stack.plots` as ``<predictions stem>.<plot>.png`` in
-    ``folder`` (created); return their paths."""
-    m = match_predictions(predictions, labels)
+def evaluate_predictions(predictions: Path | str, labels: Path | str) -> dict:
+    """Scores of a predictions CSV against a labels CSV (see :func:`match_predictions`).
+
+    Returns:
+        ``{"scores": score_matched(...), "clips": n scored, "failed": n, "unlabelled": n,
+        "missing": n labelled clips without a prediction}``.
+    """
+    return evaluation(match_predictions(predictions, labels))
+
+
+def save_plots(m: Matched, scores: dict, folder: Path | str, stem: str) -> list[Path]:
+    """Write the plots of :mod:`stack.plots` of matched predictions ``m`` (``scores`` =
+    :func:`score_matched` of them) as ``<stem>.<plot>.png`` in ``folder`` (created); return
+    their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(predictions).stem
     return [
         save_png(figure, folder / f"{stem}.{name}.png")
-        for name, figure in figures(m.targets, m.probs, m.classes, score_matched(m)).items()
+        for name, figure in figures(m.targets, m.probs, m.classes, scores).items()
     ]
 
 

@@ -11,24 +11,24 @@ its row with empty probabilities and label, never made-up numbers.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
 
 import pandas as pd
-
-from extract.timestamps import clip_timestamp
 
 FORMATS: tuple[str, ...] = ("csv", "timelapse")
 
 
 def timelapse_table(
-    table: pd.DataFrame, classes: list[str], paths: dict[str, Path]
+    table: pd.DataFrame, classes: list[str], times: Mapping[str, datetime | None]
 ) -> pd.DataFrame:
     """The Timelapse import table of a predictions ``table`` (one row per clip, same order).
 
     Args:
         table: the output of :func:`stack.predict.predict` (``filepath`` = clip id).
         classes: the class columns, in order.
-        paths: clip id → the file, for its time stamp.
+        times: clip id → recording time (UTC), None or absent where unknown.
     """
     ids = [PurePosixPath(cid) for cid in table["filepath"]]
     parent = [str(p.parent) for p in ids]
@@ -36,7 +36,7 @@ def timelapse_table(
         {
             "File": [p.name for p in ids],
             "RelativePath": ["" if d == "." else d.replace("/", "\\") for d in parent],
-            "DateTime": [_stamp(paths.get(str(p))) for p in ids],
+            "DateTime": [_stamp(times.get(str(p))) for p in ids],
             "DeleteFlag": "false",
         }
     )
@@ -46,7 +46,5 @@ def timelapse_table(
     return out
 
 
-def _stamp(path: Path | None) -> str:
-    if path is None or not path.exists():
-        return ""
-    return clip_timestamp(path)[0].strftime("%Y-%m-%d %H:%M:%S")
+def _stamp(when: datetime | None) -> str:
+    return "" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

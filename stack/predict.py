@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -213,16 +214,15 @@ def predict(
                 pass
     partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
+    times = _recording_times(clips, failed) if fmt == "timelapse" or camtrap else {}
     written = table
     if fmt == "timelapse":
-        written = timelapse_table(table, classes, {c.clip_id: c.path for c in clips})
+        written = timelapse_table(table, classes, times)
     tmp = out.with_name(out.name + ".tmp")
     written.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out)  # the predictions first: nothing later can lose them
     if camtrap is not None and camtrap_inputs is not None:
-        _write_camtrap(
-            camtrap.out, table, classes, camtrap_inputs, clips, meta, spans, threshold, failed
-        )
+        _write_camtrap(camtrap.out, table, classes, camtrap_inputs, times, meta, spans, threshold)
     status = table["status"].value_counts()
     return PredictSummary(
         out=out,
@@ -248,26 +248,41 @@ def _written(
     os.replace(tmp, path)
 
 
+def _recording_times(
+    clips: Sequence[Clip], failed: Mapping[str, str]
+) -> dict[str, datetime | None]:
+    """Clip id → recording time (:func:`extract.timestamps.clip_timestamp`; None when the
+    file cannot be read). A failed clip's container is not opened again (it may have hung
+    the decoder): its file time is used."""
+    times: dict[str, datetime | None] = {}
+    for clip in clips:
+        try:
+            times[clip.clip_id] = clip_timestamp(clip.path, clip.clip_id not in failed)[0]
+        except OSError as exc:
+            log.warning("%s: no recording time (%s)", clip.clip_id, exc)
+            times[clip.clip_id] = None
+    return times
+
+
 def _write_camtrap(
     out: Path,
     table: pd.DataFrame,
     classes: list[str],
     inputs: CamtrapInputs,
-    clips: Sequence[Clip],
+    times: Mapping[str, datetime | None],
     meta: pd.DataFrame,
     spans: Mapping[str, Mapping[str, tuple[float, float]]] | None,
     threshold: float | None,
-    failed: Mapping[str, str],
 ) -> None:
     """The Camtrap DP package of the predictions ``table`` (every clip, failed ones too,
-    needs its recording time: :func:`extract.timestamps.clip_timestamp`; a failed clip's
-    container is not opened again, its file time is used)."""
-    times = {}
-    for clip in clips:
-        try:
-            times[clip.clip_id] = clip_timestamp(clip.path, clip.clip_id not in failed)[0]
-        except OSError as exc:
-            raise CamtrapError(f"{clip.clip_id}: no recording time ({exc})") from None
+    needs its recording time ``times``).
+
+    Raises:
+        CamtrapError: a clip without a recording time.
+    """
+    missing = [cid for cid, when in times.items() if when is None]
+    if missing:
+        raise CamtrapError(f"{missing[0]}: no recording time (the file cannot be read)")
     durations = meta["duration"].astype(float).to_dict()
     write_camtrap_dp(
         out, table, classes, inputs, times, durations, spans, threshold or CAMTRAP_THRESHOLD
