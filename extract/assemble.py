@@ -46,6 +46,7 @@ from extract.store import (
     fsync_dir,
     fsync_file,
     identity_table,
+    meta_column,
     read_extraction,
     read_strings,
     replace_durably,
@@ -113,6 +114,14 @@ def _row_bytes(ds: h5py.Dataset) -> int:
     return int(np.prod(ds.shape[1:], dtype=np.int64)) * size
 
 
+def _rows(src: h5py.File, name: str, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of dataset ``name`` of a source (metadata fields a format-2 store
+    lacks read as their defaults, so older stores extend and merge)."""
+    if name.startswith("meta/") and name not in src:
+        return meta_column(src, name.removeprefix("meta/"), lo, hi)
+    return src[name][lo:hi]
+
+
 def _create(dst: h5py.File, name: str, like: h5py.Dataset | None, rows: int, t: int) -> None:
     """An extendable dataset ``name`` of ``rows`` rows, shaped and typed like ``like``
     (or, for a store without clips, from the known layout)."""
@@ -149,11 +158,11 @@ def _copy_rows(
     rows = np.flatnonzero(keep)
     if not len(rows):
         return pos
-    span = max(1, READ_BYTES // max(sum(_row_bytes(src[n]) for n in names), 1))
+    span = max(1, READ_BYTES // max(sum(_row_bytes(src[n]) for n in names if n in src), 1))
     for lo, hi, idx in contiguous_runs(rows, span):
         picked = rows[idx] - lo
         for name in names:
-            dst[name][pos : pos + len(picked)] = src[name][lo:hi][picked]
+            dst[name][pos : pos + len(picked)] = _rows(src, name, lo, hi)[picked]
         pos += len(picked)
     return pos
 
@@ -192,7 +201,7 @@ def _write_new(
         if ref is not None:
             with h5py.File(ref, "r") as f:
                 for name in ok_names:
-                    _create(dst, name, f[name], n_ok, t)
+                    _create(dst, name, f[name] if name in f else None, n_ok, t)
         else:
             for name in ok_names:
                 _create(dst, name, None, 0, t)
@@ -344,7 +353,8 @@ def recover(out: Path) -> bool:
         with h5py.File(out, "r+") as f:
             layers = [n for n in f["features"]]
             for name in _ok_names(layers):
-                f[name].resize((state["clips"], *f[name].shape[1:]))
+                if name in f:  # (a format-2 store gains its sequence fields in extend)
+                    f[name].resize((state["clips"], *f[name].shape[1:]))
             _write_failed(f, state["failed"])
     except (OSError, KeyError) as exc:
         raise StoreError(
@@ -407,6 +417,7 @@ def extend(
         _disable_evictions(dst)
         layers = [n for n in dst["features"]]
         names = _ok_names(layers)
+        _add_missing_meta(dst, n_before)
         for name in names:
             dst[name].resize((n_after, *dst[name].shape[1:]))
         new_row = {cid: n_before + k for k, cid in enumerate(appended)}
@@ -435,6 +446,17 @@ def extend(
     return n_after, len(failed["failed/id"])
 
 
+def _add_missing_meta(dst: h5py.File, n: int) -> None:
+    """Give a format-2 store the metadata fields of format 3 (videos' defaults)."""
+    t = dst["clips/mask"].shape[1]
+    for name in META_FIELDS:
+        if f"meta/{name}" not in dst:
+            defaults = meta_column(dst, name, 0, n)  # (read before the field exists)
+            _create(dst, f"meta/{name}", None, n, t)
+            if n:
+                dst[f"meta/{name}"][:] = defaults
+
+
 def _place_rows(
     src: h5py.File, dst: h5py.File, names: Sequence[str], rows: list[tuple[int, int]]
 ) -> None:
@@ -443,12 +465,12 @@ def _place_rows(
         return
     src_rows = np.array([r for r, _ in rows])
     dst_rows = np.array([d for _, d in rows])
-    span = max(1, READ_BYTES // max(sum(_row_bytes(src[n]) for n in names), 1))
+    span = max(1, READ_BYTES // max(sum(_row_bytes(src[n]) for n in names if n in src), 1))
     for lo, hi, idx in contiguous_runs(src_rows, span):
         targets = dst_rows[idx]
         picked = src_rows[idx] - lo
         for name in names:
-            data = src[name][lo:hi][picked]
+            data = _rows(src, name, lo, hi)[picked]
             if np.array_equal(targets, np.arange(targets[0], targets[0] + len(targets))):
                 dst[name][targets[0] : targets[0] + len(targets)] = data
             else:

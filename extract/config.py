@@ -9,6 +9,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from extract.backbones import DEFAULT_BACKBONE
+from extract.sequences import DEFAULT_SEQUENCE_GAP, PHOTO_FRAMES
+
+#: frames per clip when neither ``frames`` nor the store says (a source with videos).
+DEFAULT_FRAMES: int = 32
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
@@ -40,7 +44,19 @@ class FeaturesConfig(BaseModel):
         None, description="fine-tuned backbone from `jungle finetune` (overrides backbone)"
     )
     layers: list[str] | None = Field(None, description="module names to tap; default per backbone")
-    frames: int = Field(32, ge=1, le=1024, description="frames sampled per clip (32-45 intended)")
+    frames: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=f"frames sampled per clip (32-45 intended); null: {DEFAULT_FRAMES}, or "
+        f"{PHOTO_FRAMES} when every clip is a photo sequence, or the existing store's",
+    )
+    sequence_gap: float = Field(
+        DEFAULT_SEQUENCE_GAP,
+        ge=0,
+        description="seconds between photos of a folder that start a new sequence (0: each "
+        "photo alone)",
+    )
     image_size: int | None = Field(
         None, ge=16, le=2048, description="frame side; default: backbone's"
     )

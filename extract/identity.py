@@ -6,12 +6,18 @@ every failed one) records the :class:`FileIdentity` of its file when it was proc
 rerun, :func:`is_unchanged` decides without reading the file when size and modification time
 are equal; otherwise the fingerprint decides (a copy that only changed the time is the same
 clip; a changed file is processed again).
+
+A sequence of photos (:mod:`extract.sequences`) has the identity of its files together
+(:func:`files_identity`): their total size, the latest modification time, and a fingerprint
+of the photos' names and fingerprints, so a photo added, removed, renamed or changed makes
+the sequence changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +60,33 @@ def file_identity(path: Path) -> FileIdentity:
     return FileIdentity(int(st.st_size), int(st.st_mtime_ns), fingerprint(path, st.st_size))
 
 
-def is_unchanged(path: Path, stored: FileIdentity) -> tuple[bool, bool]:
-    """Is ``path`` still the file whose identity is ``stored``?
+def files_identity(paths: Sequence[Path]) -> FileIdentity:
+    """The identity of a clip's files (:func:`file_identity` for a single file; for several,
+    see the module docstring).
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    if len(paths) == 1:
+        return file_identity(paths[0])
+    stats = [os.stat(p) for p in paths]
+    return FileIdentity(
+        sum(int(st.st_size) for st in stats),
+        max(int(st.st_mtime_ns) for st in stats),
+        _combined_fingerprint(paths, [int(st.st_size) for st in stats]),
+    )
+
+
+def _combined_fingerprint(paths: Sequence[Path], sizes: Sequence[int]) -> str:
+    digest = hashlib.blake2b(b"sequence", digest_size=16)
+    for path, size in zip(paths, sizes, strict=True):
+        digest.update(f"{Path(path).name}\0{fingerprint(path, size)}\0".encode())
+    return digest.hexdigest()
+
+
+def is_unchanged(paths: Sequence[Path], stored: FileIdentity) -> tuple[bool, bool]:
+    """Are a clip's files (``paths``: a video's one, a sequence's photos) still those whose
+    identity is ``stored``?
 
     Returns:
         ``(same, time_only)``: ``same`` when size and time are equal, or else when the
@@ -63,15 +94,20 @@ def is_unchanged(path: Path, stored: FileIdentity) -> tuple[bool, bool]:
         A file that cannot be read counts as changed.
     """
     try:
-        st = os.stat(path)
+        stats = [os.stat(p) for p in paths]
     except OSError:
         return False, False
-    if st.st_size != stored.size:
+    if sum(st.st_size for st in stats) != stored.size:
         return False, False
-    if st.st_mtime_ns == stored.mtime_ns:
+    if max(st.st_mtime_ns for st in stats) == stored.mtime_ns:
         return True, False
     try:
-        same = fingerprint(path, st.st_size) == stored.fingerprint
+        sizes = [int(st.st_size) for st in stats]
+        if len(paths) == 1:
+            now = fingerprint(paths[0], sizes[0])
+        else:
+            now = _combined_fingerprint(paths, sizes)
     except OSError:
         return False, False
+    same = now == stored.fingerprint
     return same, same

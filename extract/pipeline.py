@@ -28,13 +28,14 @@ from extract.assemble import (
     same_extraction,
 )
 from extract.backbones import Backbone, build_backbone
-from extract.config import FeaturesConfig
+from extract.config import DEFAULT_FRAMES, FeaturesConfig
 from extract.decode import decord_has_cuda
 from extract.discover import Clip, DiscoveryError, discover
 from extract.features import TapExtractor
-from extract.identity import FileIdentity, file_identity, is_unchanged
+from extract.identity import FileIdentity, files_identity, is_unchanged
 from extract.lock import StoreLock
 from extract.progress import clip_progress
+from extract.sequences import PHOTO_FRAMES
 from extract.store import (
     UNKNOWN_IDENTITY,
     ClipFeatures,
@@ -165,9 +166,10 @@ def extract_features(
     """
     started = time.perf_counter()
     out = Path(out).absolute()
-    root, clips = discover(source)
+    root, clips = discover(source, config.sequence_gap)
     if not clips:
-        raise DiscoveryError(f"{source}: no video files found (looked for {_ext_list()})")
+        raise DiscoveryError(f"{source}: no videos or photos found (looked for {_ext_list()})")
+    config = config.model_copy(update={"frames": resolve_frames(config, clips, out)})
     if shard is not None:
         clips = shard_slice(clips, shard)
         log.info("shard %d/%d: %d clips", *shard, len(clips))
@@ -249,21 +251,36 @@ def _plan(
         if seen is None or (retry_failed and not seen[1]):
             todo.append(clip)
             continue
-        same, time_only = is_unchanged(clip.path, seen[0])
+        same, time_only = is_unchanged(clip.files, seen[0])
         if not same:
             log.info("%s changed since it was processed: processing it again", clip.clip_id)
             todo.append(clip)
         elif time_only:
-            touched[clip.clip_id] = clip.path.stat().st_mtime_ns
+            touched[clip.clip_id] = max(p.stat().st_mtime_ns for p in clip.files)
     if touched:
         log.info("%d files have new times but the same content (copied): kept", len(touched))
     return todo, touched
 
 
+def resolve_frames(config: FeaturesConfig, clips: Sequence[Clip], out: Path) -> int:
+    """Frames per clip: ``config.frames`` when set, else the existing store's, else
+    :data:`~extract.sequences.PHOTO_FRAMES` when every clip is a photo sequence, else
+    :data:`~extract.config.DEFAULT_FRAMES`."""
+    if config.frames is not None:
+        return config.frames
+    if out.exists():
+        with contextlib.suppress(StoreError):
+            return int(read_extraction(out)["frames"])
+    if clips and all(c.is_sequence for c in clips):
+        return PHOTO_FRAMES
+    return DEFAULT_FRAMES
+
+
 def _ext_list() -> str:
     from extract.discover import VIDEO_EXTENSIONS
+    from extract.sequences import IMAGE_EXTENSIONS
 
-    return " ".join(sorted(VIDEO_EXTENSIONS))
+    return " ".join(sorted(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS))
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -416,7 +433,7 @@ def _process(
     with clip_progress(len(todo), enabled=show_progress) as advance:
         try:
             for clip, item in _decoded(todo, config, image_size, device, parts):
-                item["identity"] = _identity(clip.path)
+                item["identity"] = _identity(clip)
                 if item["ok"]:
                     finished = batcher.add(clip, item)
                 else:
@@ -531,10 +548,10 @@ class FrameBatcher:
         )
 
 
-def _identity(path: Path) -> FileIdentity:
-    """The identity of a clip's file as processed (unknown when unreadable: retried later)."""
+def _identity(clip: Clip) -> FileIdentity:
+    """The identity of a clip's files as processed (unknown when unreadable: retried later)."""
     try:
-        return file_identity(path)
+        return files_identity(clip.files)
     except OSError:
         return UNKNOWN_IDENTITY
 

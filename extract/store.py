@@ -3,7 +3,7 @@
 Layout of ``FEATURES.h5`` (N clips that succeeded, M that failed, T frames; every dataset
 chunked and extendable along its first axis; documented in docs/store.md)::
 
-    attrs: format="jungle-features", format_version=2, extraction (JSON: backbone, weights,
+    attrs: format="jungle-features", format_version=3, extraction (JSON: backbone, weights,
            weights_sha256, layers, frames, image_size, pooling, ...), config (JSON), versions
            (JSON), source (the folder clip ids are relative to), shard ("I/N" or ""), created
     clips/id            (N,)      str    path relative to the source root ('/' separators)
@@ -34,7 +34,7 @@ import pandas as pd
 from extract.identity import FileIdentity
 
 FORMAT = "jungle-features"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STR = h5py.string_dtype("utf-8")
 
 #: metadata fields stored per clip, with their HDF5 dtype.
@@ -50,7 +50,25 @@ META_FIELDS: dict[str, object] = {
     "container": STR,
     "decoder": STR,
     "partial": np.bool_,
+    # since format 3: photo sequences (extract.sequences); a video has media "video"
+    "media": STR,
+    "image_count": np.int32,
+    "file_size_mean": np.float64,
+    "time_span": np.float64,
+    "camera_make": STR,
+    "camera_model": STR,
 }
+#: what a store of format 2 (videos only, before sequences) holds in the fields it lacks.
+META_DEFAULTS: dict[str, object] = {
+    "media": "video",
+    "image_count": 0,
+    "file_size_mean": 0.0,
+    "time_span": 0.0,
+    "camera_make": "",
+    "camera_model": "",
+}
+#: metadata a photo sequence does not have: read as NaN on its rows (:meth:`FeatureStore.meta`).
+VIDEO_ONLY_META: tuple[str, ...] = ("fps", "duration", "bitrate")
 #: identity columns of every stored and failed clip (see :mod:`extract.identity`).
 IDENTITY_FIELDS: dict[str, object] = {"size": np.int64, "mtime_ns": np.int64, "fingerprint": STR}
 #: bytes read at once by streaming reads (a block of rows of every requested layer).
@@ -156,7 +174,8 @@ def write_shard(path: Path, buffer: ShardBuffer, layers: Sequence[str], attrs: d
         mask = np.array([c.mask for c in ok], dtype=bool).reshape(len(ok), t)
         f.create_dataset("clips/mask", data=mask)
         for name, dtype in META_FIELDS.items():
-            f.create_dataset(f"meta/{name}", data=[c.meta[name] for c in ok], dtype=dtype)
+            values = [c.meta.get(name, META_DEFAULTS.get(name)) for c in ok]
+            f.create_dataset(f"meta/{name}", data=values, dtype=dtype)
         f.create_group("features")
         for layer in layers if ok else []:
             data = np.stack([c.features[layer] for c in ok]).astype(np.float16)
@@ -167,6 +186,19 @@ def write_shard(path: Path, buffer: ShardBuffer, layers: Sequence[str], attrs: d
             values = [getattr(x.identity, name) for x in failed]
             f.create_dataset(f"failed/{name}", data=values, dtype=dtype)
     replace_durably(tmp, path)
+
+
+def meta_column(f: h5py.File, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows ``lo:hi`` of metadata field ``name`` (str fields as object arrays of str); a
+    store of format 2 lacks the sequence fields, which read as :data:`META_DEFAULTS`."""
+    path = f"meta/{name}"
+    if path in f:
+        ds = f[path]
+        return ds.asstr()[lo:hi] if ds.dtype == object else ds[lo:hi]
+    n = len(f["clips/id"])
+    count = len(range(n)[lo:hi])
+    dtype = object if META_FIELDS[name] is STR else META_FIELDS[name]
+    return np.full(count, META_DEFAULTS[name], dtype=dtype)
 
 
 def read_strings(f: h5py.File, name: str) -> list[str]:
@@ -296,13 +328,18 @@ class FeatureStore:
             return identity_table(f, "clips")
 
     def meta(self) -> pd.DataFrame:
-        """The metadata table, one row per clip, indexed by clip id."""
+        """The metadata table, one row per clip, indexed by clip id. On the rows of photo
+        sequences (``media == "images"``) the video-only fields (:data:`VIDEO_ONLY_META`)
+        are NaN: models see them as unknown, not as zero."""
         with h5py.File(self.path, "r") as f:
-            cols = {}
-            for name in META_FIELDS:
-                ds = f[f"meta/{name}"]
-                cols[name] = read_strings(f, f"meta/{name}") if ds.dtype == object else ds[()]
-        return pd.DataFrame(cols, index=pd.Index(self.ids, name="id"))
+            cols = {name: meta_column(f, name) for name in META_FIELDS}
+        table = pd.DataFrame(cols, index=pd.Index(self.ids, name="id"))
+        images = (table["media"] == "images").to_numpy()
+        if images.any():
+            for name in VIDEO_ONLY_META:
+                table[name] = table[name].astype(np.float64)
+                table.loc[images, name] = np.nan
+        return table
 
     def _datasets(self, f: h5py.File, layers: list[str]) -> list[h5py.Dataset]:
         unknown = [name for name in layers if name not in self.layers]

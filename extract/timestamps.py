@@ -1,6 +1,8 @@
 """When a clip was recorded: the container's ``creation_time`` tag, else the file's
 modification time. Cameras write the tag in UTC (MP4/MOV); AVI and ASF cameras usually
-write none, and copying a card keeps the modification time on most systems."""
+write none, and copying a card keeps the modification time on most systems. A photo (a
+sequence's first) has its EXIF capture time, which cameras write in their own local time
+without an offset: it is returned *naive* (the caller knows the deployment's offset)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ from pathlib import Path
 
 import av
 
+from extract.sequences import capture_time, is_image_file
+
 log = logging.getLogger(__name__)
 
 
 def clip_timestamp(path: Path, tags: bool = True) -> tuple[datetime, str]:
     """``(time, source)`` of ``path``: ``source`` is ``creation_time`` (the container's
-    tag, UTC) or ``mtime`` (the file's modification time). The time is timezone-aware (UTC).
+    tag, UTC), ``exif`` (a photo's capture time: a naive camera-local time) or ``mtime``
+    (the file's modification time). Other than ``exif`` times are timezone-aware (UTC).
     ``tags=False`` skips the container (for a file that failed to decode: opening it again
     could hang) and gives the modification time.
 
@@ -23,6 +28,11 @@ def clip_timestamp(path: Path, tags: bool = True) -> tuple[datetime, str]:
         OSError: the file cannot be read at all.
     """
     if not tags:
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC), "mtime"
+    if is_image_file(path):
+        found = capture_time(path)
+        if found.source == "exif":
+            return found.time, "exif"
         return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC), "mtime"
     try:
         with av.open(str(path), metadata_errors="ignore") as container:

@@ -50,9 +50,10 @@ from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
 from typing import Any
 
-from extract.decode import decode_clip
+from extract.decode import DecodedClip, decode_clip
 from extract.discover import Clip
-from extract.probe import DecodeError, probe
+from extract.probe import DecodeError, VideoInfo, probe
+from extract.sequences import decode_sequence
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,16 @@ def decode_item(clip: Clip, frames: int, size: int, device: str) -> dict:
     """
     _test_hooks(clip.clip_id)
     try:
-        info = probe(clip.path)
-        decoded = decode_clip(clip.path, info, frames, (size, size), device)
+        if clip.is_sequence:
+            decoded, meta = decode_sequence(clip.images, frames, size)
+        else:
+            info = probe(clip.path)
+            decoded = decode_clip(clip.path, info, frames, (size, size), device)
+            meta = video_meta(info, decoded)
     except DecodeError as exc:
         return {"ok": False, "reason": str(exc)}
     except Exception as exc:  # never let one file take the run down
         return {"ok": False, "reason": f"unexpected decoder error: {exc!r}"}
-    meta = info.as_dict()
-    meta.pop("has_b_frames")
-    meta.update(frame_count=decoded.n_frames, decoder=decoded.decoder, partial=decoded.partial)
     return {
         "ok": True,
         "frames": decoded.frames,
@@ -111,6 +113,22 @@ def decode_item(clip: Clip, frames: int, size: int, device: str) -> dict:
         "mask": decoded.mask,
         "meta": meta,
     }
+
+
+def video_meta(info: VideoInfo, decoded: DecodedClip) -> dict[str, object]:
+    """The store metadata of a decoded video (the fields of a photo sequence empty)."""
+    meta = info.as_dict()
+    meta.pop("has_b_frames")
+    meta.update(frame_count=decoded.n_frames, decoder=decoded.decoder, partial=decoded.partial)
+    meta.update(
+        media="video",
+        image_count=0,
+        file_size_mean=float(info.file_size),
+        time_span=0.0,
+        camera_make="",
+        camera_model="",
+    )
+    return meta
 
 
 def _test_hooks(clip_id: str) -> None:

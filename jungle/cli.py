@@ -28,7 +28,11 @@ def _root() -> None:
 @app.command()
 def features(
     videos: Annotated[
-        Path, typer.Argument(help="Folder of videos (recursive) or CSV with a 'filepath' column.")
+        Path,
+        typer.Argument(
+            help="Folder of videos and/or photos (recursive), CSV with a 'filepath' column "
+            "(videos), or CSV with 'file_name,seq_id[,datetime]' (photo sequences)."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="HDF5 feature store to write or extend.")
@@ -55,7 +59,19 @@ def features(
         str | None,
         typer.Option(help="Comma-separated module names to tap (default: the backbone's)."),
     ] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per clip \\[default: 32].")] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option(
+            help="Frames per clip \\[default: 32; 10 when every clip is a photo sequence]."
+        ),
+    ] = None,
+    sequence_gap: Annotated[
+        float | None,
+        typer.Option(
+            help="Photos of a folder more than this many seconds apart start a new sequence; "
+            "0: every photo alone \\[default: 10]."
+        ),
+    ] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Frame side in pixels \\[default: the backbone's].")
     ] = None,
@@ -115,6 +131,7 @@ def features(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "layers": [x.strip() for x in layers.split(",") if x.strip()] if layers else None,
         "frames": frames,
+        "sequence_gap": sequence_gap,
         "image_size": image_size,
         "pooling": pooling,
         "device": device,

@@ -7,6 +7,9 @@ Two layouts are accepted (columns are matched after stripping whitespace):
 * ``filepath,<class>,<class>,...``: one 0/1 column per class (the Pri-matrix and Hakuna
   Ma-Data submission layout). Every column other than ``filepath`` (and the group column,
   when one is given) must be a class column of 0/1 values.
+* ``seq_id,<class>,...,empty``: the Hakuna Ma-Data ``train_labels.csv`` of photo sequences
+  (:mod:`extract.sequences`): ``seq_id`` is the clip id (the ``seq_id`` of the metadata CSV
+  given to ``jungle features``) and ``empty`` is ``blank``.
 
 ``blank`` is always an output class, the last column: classes are the sorted species names
 followed by ``blank``. A blank clip has target 1 for ``blank`` and 0 for every species; a
@@ -72,6 +75,7 @@ def read_labels(path: Path | str, group_column: str | None = None) -> LabelTable
         raise Level1Error(f"labels {path} is empty") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.apply(lambda col: col.str.strip())
+    frame = _from_hakuna(frame)
     if "filepath" not in frame.columns:
         raise Level1Error(
             f"labels {path}: no 'filepath' column (columns are {list(frame.columns)}); expected "
@@ -110,6 +114,18 @@ def read_labels(path: Path | str, group_column: str | None = None) -> LabelTable
         others = [c for c in frame.columns if c not in ("filepath", group_column)]
         classes, targets = _parse_onehot(path, frame, others)
     return LabelTable(path, paths.tolist(), classes, targets, groups)
+
+
+def _from_hakuna(frame: pd.DataFrame) -> pd.DataFrame:
+    """The Hakuna Ma-Data ``train_labels.csv`` layout (``seq_id`` plus one 0/1 column per
+    class, ``empty`` for no animal) in jungle's one-hot layout: ``seq_id`` is the clip id
+    (``filepath``), ``empty`` is ``blank``. Other layouts are returned as they are."""
+    if "filepath" in frame.columns or "seq_id" not in frame.columns:
+        return frame
+    renames = {"seq_id": "filepath"}
+    if "empty" in frame.columns and BLANK not in frame.columns:
+        renames["empty"] = BLANK
+    return frame.rename(columns=renames)
 
 
 def _parse_label_column(path: Path, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:

@@ -14,6 +14,7 @@ from extract.backbones import BackboneError
 from extract.config import ConfigError
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 from extract.discover import DiscoveryError
+from extract.sequences import DEFAULT_SEQUENCE_GAP
 from extract.store import StoreError
 from pool.config import Level1Error
 from pool.metrics import metrics_table
@@ -56,7 +57,13 @@ def train_level2_command(
 
 
 def predict_command(
-    videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) or CSV of paths.")],
+    videos: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of videos and/or photos (recursive), CSV of paths, or CSV with "
+            "'file_name,seq_id[,datetime]' (photo sequences)."
+        ),
+    ],
     run: Annotated[Path, typer.Option(help="A run trained with train-level1 and train-level2.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV to write.")],
     threshold: Annotated[
@@ -100,6 +107,13 @@ def predict_command(
     shard_clips: Annotated[
         int | None, typer.Option(help="Clips per crash-safe feature shard [default: 32].")
     ] = None,
+    sequence_gap: Annotated[
+        float,
+        typer.Option(
+            help="Photos of a folder more than this many seconds apart start a new sequence "
+            "(0: every photo alone)."
+        ),
+    ] = DEFAULT_SEQUENCE_GAP,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -135,6 +149,7 @@ def predict_command(
             device=device,
             workers=workers,
             shard_clips=shard_clips,
+            sequence_gap=sequence_gap,
             show_progress=progress,
         )
     except USER_ERRORS as exc:

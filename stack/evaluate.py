@@ -13,6 +13,7 @@ from sklearn.metrics import precision_score, recall_score
 
 from pool.labels import read_labels
 from pool.metrics import evaluate
+from stack.formats import with_filepath
 from stack.plots import figures, save_png
 from stack.train import Level2Error
 
@@ -35,8 +36,8 @@ class Matched:
 
 
 def match_predictions(predictions: Path | str | pd.DataFrame, labels: Path | str) -> Matched:
-    """Match a predictions CSV (``filepath`` + one probability column per class, as written
-    by ``jungle predict``; or the table itself) with a labels CSV (any layout
+    """Match a predictions CSV (``filepath`` or ``seq_id`` + one probability column per
+    class, as written by ``jungle predict``; or the table itself) with a labels CSV (any layout
     ``train-level1`` accepts). Rows match on ``filepath`` (normalised, also relative to the
     labels' folder); failed rows (empty probabilities) and clips without a label are
     counted and left out.
@@ -48,9 +49,10 @@ def match_predictions(predictions: Path | str | pd.DataFrame, labels: Path | str
     if isinstance(predictions, pd.DataFrame):
         preds, name = predictions, "the predictions"
     else:
-        preds, name = pd.read_csv(predictions, dtype={"filepath": str}), str(predictions)
+        preds = pd.read_csv(predictions, dtype={"filepath": str, "seq_id": str})
+        preds, name = with_filepath(preds), str(predictions)
     if "filepath" not in preds:
-        raise Level2Error(f"{name} has no 'filepath' column")
+        raise Level2Error(f"{name} has no 'filepath' (or 'seq_id') column")
     absent = [c for c in table.classes if c not in preds.columns]
     if absent:
         raise Level2Error(f"{name} has no probability column for classes {absent}")

@@ -4,7 +4,8 @@
 (https://timelapse.ucalgary.ca) imports into a video/image set: its four standard columns
 ``File`` (file name), ``RelativePath`` (folder relative to the set's root, ``\\``
 separators as Timelapse writes them, empty at the root), ``DateTime`` (``YYYY-MM-DD
-HH:MM:SS``, UTC, from :func:`extract.timestamps.clip_timestamp`) and ``DeleteFlag``
+HH:MM:SS``, UTC, from :func:`extract.timestamps.clip_timestamp`; a photo's EXIF time as the
+camera wrote it) and ``DeleteFlag``
 (``false``), then one column per class (probability) and ``top_label``. A failed clip keeps
 its row with empty probabilities and label, never made-up numbers.
 """
@@ -47,4 +48,21 @@ def timelapse_table(
 
 
 def _stamp(when: datetime | None) -> str:
-    return "" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if when is None:
+        return ""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+#: the key column of a predictions CSV: ``filepath`` (clip id), or ``seq_id`` where the
+#: input was a metadata CSV of photo sequences (:func:`stack.predict.predict`).
+KEY_COLUMNS: tuple[str, ...] = ("filepath", "seq_id")
+
+
+def with_filepath(table: pd.DataFrame) -> pd.DataFrame:
+    """A predictions table read from CSV with its key column named ``filepath`` (a
+    ``seq_id`` column is renamed when there is no ``filepath``)."""
+    if "filepath" not in table.columns and "seq_id" in table.columns:
+        return table.rename(columns={"seq_id": "filepath"})
+    return table

@@ -12,8 +12,10 @@ clips of the current input. The CSV is written at the end through a temporary fi
 rename.
 
 Output columns, one row per input clip in input order: ``filepath`` (the clip id: path
-relative to the folder or CSV given), one probability column per class (training order),
-``top_label``, ``top_prob``, ``status`` (``ok``, ``partial`` or ``failed``), ``error``.
+relative to the folder or CSV given; a photo sequence's first photo; named ``seq_id`` when
+the input is a Hakuna-style metadata CSV of sequences, whose ``seq_id`` is the clip id), one
+probability column per class (training order), ``top_label``, ``top_prob``, ``status``
+(``ok``, ``partial`` or ``failed``), ``error``.
 Failed clips keep their row with empty probabilities and the reason. ``--top-k K`` adds
 ``top2_label, top2_prob, ...`` up to K; ``--threshold T`` adds ``CLASS_present`` 0/1 columns.
 ``--per-frame FRAMES.csv`` also writes the per-frame timeline (:mod:`pool.frames`).
@@ -41,6 +43,7 @@ import pandas as pd
 from extract.assemble import same_extraction
 from extract.discover import Clip, discover
 from extract.pipeline import config_from_extraction, extract_features
+from extract.sequences import DEFAULT_SEQUENCE_GAP
 from extract.store import FeatureStore, read_extraction
 from extract.thumbnails import Thumbnailer
 from extract.timestamps import clip_timestamp
@@ -119,6 +122,7 @@ def predict(
     device: str = "auto",
     workers: int | None = None,
     shard_clips: int | None = None,
+    sequence_gap: float = DEFAULT_SEQUENCE_GAP,
     show_progress: bool = True,
 ) -> PredictSummary:
     """Predict every clip of ``videos`` with the trained run ``run``; write ``out`` (CSV in
@@ -127,7 +131,8 @@ def predict(
     with ``thumbnails``, a thumbnail per clip extracted (:func:`thumbnails_dir`); with
     ``camtrap``, a Camtrap DP package (classes observed at ``threshold``, default
     :data:`CAMTRAP_THRESHOLD`; event times from the per-frame evidence when the run has the
-    attention and histogram models, else the whole clip).
+    attention and histogram models, else the whole clip). Photos of a folder are grouped
+    into sequences by ``sequence_gap`` seconds (:func:`extract.discover.discover`).
 
     Raises:
         Level2Error, DiscoveryError, BackboneError, StoreError, Level1Error: for the user.
@@ -151,13 +156,13 @@ def predict(
             camtrap.deployments, camtrap.taxonomy, camtrap.project, classes
         )
         check_out_dir(camtrap.out)
-    _, clips = discover(videos)
+    _, clips = discover(videos, sequence_gap)
     if camtrap_inputs is not None:
         check_clips(camtrap_inputs, [c.clip_id for c in clips])
     inputs = Run(run).inputs()
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, object] = {"device": device}
+    overrides: dict[str, object] = {"device": device, "sequence_gap": sequence_gap}
     if workers is not None:
         overrides["workers"] = workers
     if shard_clips is not None:
@@ -218,6 +223,8 @@ def predict(
     written = table
     if fmt == "timelapse":
         written = timelapse_table(table, classes, times)
+    elif _is_metadata_csv(videos, clips):
+        written = table.rename(columns={"filepath": "seq_id"})
     tmp = out.with_name(out.name + ".tmp")
     written.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out)  # the predictions first: nothing later can lose them
@@ -232,6 +239,11 @@ def predict(
         failed=int(status.get("failed", 0)),
         seconds=time.perf_counter() - started,
     )
+
+
+def _is_metadata_csv(videos: Path | str, clips: Sequence[Clip]) -> bool:
+    """True when the input is a metadata CSV of photo sequences (clip ids are ``seq_id``)."""
+    return Path(videos).suffix.lower() == ".csv" and bool(clips) and clips[0].is_sequence
 
 
 def _written(

@@ -35,6 +35,7 @@ import pandas as pd
 from extract.thumbnails import thumbnail_path
 from pool.rundir import Run
 from stack.evaluate import match_predictions, score_matched
+from stack.formats import with_filepath
 from stack.plots import blank_curve, confusion, figures, png_bytes
 from stack.predict import thumbnails_dir
 from stack.train import Level2Error
@@ -153,8 +154,12 @@ class _ScriptSafe:
 def _read_predictions(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(
-            path, dtype={"filepath": str, "error": str}, keep_default_na=False, na_values=[""]
+            path,
+            dtype={"filepath": str, "seq_id": str, "error": str},
+            keep_default_na=False,
+            na_values=[""],
         )
+        table = with_filepath(table)
     except FileNotFoundError:
         raise Level2Error(f"{path}: no such predictions file") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:

@@ -19,7 +19,7 @@ def _touch(path: Path) -> Path:
 def test_directory_recursive_extensions_any_case_sorted(tmp_path: Path) -> None:
     for name in ["b/c.MP4", "a.avi", "a/x.Asf", "d/e f/ü.mov", "k.mkv", "l.M4V", "m.wmv", "n.MTS"]:
         _touch(tmp_path / name)
-    for name in ["readme.txt", "img.jpg", "a/noext", "video.mp4.part"]:
+    for name in ["readme.txt", "img.gif", "a/noext", "video.mp4.part"]:
         _touch(tmp_path / name)
     root, clips = discover(tmp_path)
     ids = [c.clip_id for c in clips]
