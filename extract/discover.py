@@ -77,7 +77,7 @@ def discover(
             with other extensions ignored): videos are clips, the photos of each folder are
             grouped into sequences by ``sequence_gap``. Or a CSV file: with a ``filepath``
             column, a manifest of videos whose entries are relative to the CSV's folder or
-            absolute; with ``file_name`` and ``seq_id`` columns (and optionally
+            absolute (a photo listed there is a sequence of one photo); with ``file_name`` and ``seq_id`` columns (and optionally
             ``datetime``), the Hakuna Ma-Data metadata layout: one sequence per ``seq_id``.
         sequence_gap: seconds between photos above which a new sequence starts (0: each
             photo alone).
@@ -168,7 +168,8 @@ def _read_manifest(csv_path: Path) -> tuple[Path, list[Clip]]:
             if clip_id in seen:
                 continue
             seen.add(clip_id)
-            clips.append(Clip(clip_id, path))
+            images = (path,) if is_image_file(path) else ()  # a photo: a sequence of one
+            clips.append(Clip(clip_id, path, images))
     return root, clips
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from extract.config import FeaturesConfig
 from tests.media import indexed_clip
-from tests.predict_runs import make_demo_run, make_mixed_folder
+from tests.predict_runs import make_demo_run, make_mixed_folder, make_photo_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -54,3 +54,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def mixed_folder(demo_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Clips to predict: 5 good ones (4 demo clips and a 3-frame one), 2 that fail."""
     return make_mixed_folder(demo_run[1], tmp_path_factory.mktemp("mixed"))
+
+
+@pytest.fixture(scope="session")
+def photo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small run (attention + histogram, level 2) trained on generated photo bursts:
+    (run, data folder; see :func:`tests.predict_runs.make_photo_run`)."""
+    return make_photo_run(tmp_path_factory.mktemp("photos"))

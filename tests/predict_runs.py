@@ -54,6 +54,22 @@ def make_demo_run(base: Path) -> tuple[Path, Path]:
     return run, data
 
 
+def make_photo_run(base: Path) -> tuple[Path, Path]:
+    """A small run trained on photo bursts of the demo generator, grouped from their folders
+    by capture time (ids: first photos): (run, data folder with ``train_metadata.csv`` and
+    ``train_labels.csv`` in the Hakuna layout as well)."""
+    data = base / "data"
+    labels_csv = generate_demo(
+        data, n_clips=60, sites=("siteA", "siteB", "siteC"), seed=2, images=True
+    )
+    store = base / "train.h5"
+    extract_features(data, store, FeaturesConfig(image_size=64, workers=1), show_progress=False)
+    settings = fast_level1(store, labels_csv, base / "run", group_column="site")
+    run = train_level1(settings.model_copy(update={"models": ["attention", "histogram"]}))
+    train_level2(run)
+    return run, data
+
+
 def make_mixed_folder(data: Path, folder: Path) -> Path:
     """Four demo clips (links), an empty file, a text file named .mp4 and a 3-frame clip."""
     for clip in sorted((data / "siteA").glob("*.mp4"))[:4]:
