@@ -12,7 +12,7 @@ RUN ?= runs/level1
 OUT ?= predictions.csv
 STORES ?=
 
-.PHONY: help install install-browser test lint features merge train-level1 train-level2 predict demo demo-finetune bench
+.PHONY: help install install-browser test lint features merge train-level1 train-level2 predict demo demo-images demo-finetune bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
@@ -25,6 +25,7 @@ help:
 	@echo "make train-level2 RUN=runs/NAME: level-2 stacker"
 	@echo "make predict VIDEOS=folder RUN=runs/NAME OUT=predictions.csv: batch prediction"
 	@echo "make demo      the whole job on generated clips (prints the metrics)"
+	@echo "make demo-images  the whole job on generated photo bursts (prints the metrics)"
 	@echo "make demo-finetune  after make demo: per-fold fine-tuned vs frozen backbone"
 	@echo "make bench     benchmarks (prints measured numbers)"
 
@@ -68,6 +69,9 @@ predict:
 demo:
 	$(BIN)/python scripts/demo.py --out demo
 
+demo-images:
+	$(BIN)/python scripts/demo_images.py --out demo-images
+
 demo-finetune:
 	$(BIN)/python scripts/demo_finetune.py --demo demo
 
@@ -76,3 +80,4 @@ bench:
 	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_level1.py
 	$(BIN)/python scripts/bench_report.py
+	$(BIN)/python scripts/bench_sequences.py

@@ -77,8 +77,9 @@ def discover(
             with other extensions ignored): videos are clips, the photos of each folder are
             grouped into sequences by ``sequence_gap``. Or a CSV file: with a ``filepath``
             column, a manifest of videos whose entries are relative to the CSV's folder or
-            absolute (a photo listed there is a sequence of one photo); with ``file_name`` and ``seq_id`` columns (and optionally
-            ``datetime``), the Hakuna Ma-Data metadata layout: one sequence per ``seq_id``.
+            absolute (a photo listed there is a sequence of one photo); with ``file_name``
+            and ``seq_id`` columns (and optionally ``datetime``), the Hakuna Ma-Data
+            metadata layout: one sequence per ``seq_id``.
         sequence_gap: seconds between photos above which a new sequence starts (0: each
             photo alone).
 

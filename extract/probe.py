@@ -45,12 +45,11 @@ class VideoInfo:
         return asdict(self)
 
 
-def probe(path: Path) -> VideoInfo:
-    """Read the metadata of ``path``.
+def nonempty_size(path: Path) -> int:
+    """The size of a media file in bytes.
 
     Raises:
-        DecodeError: with a human-readable reason when the file is empty, is not a media
-            file, or has no video stream.
+        DecodeError: the file cannot be read, or is empty.
     """
     try:
         size = path.stat().st_size
@@ -58,6 +57,17 @@ def probe(path: Path) -> VideoInfo:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
+    return size
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the metadata of ``path``.
+
+    Raises:
+        DecodeError: with a human-readable reason when the file is empty, is not a media
+            file, or has no video stream.
+    """
+    size = nonempty_size(path)
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as exc:

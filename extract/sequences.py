@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from extract.decode import DecodedClip, sample_indices
-from extract.probe import DecodeError
+from extract.probe import DecodeError, nonempty_size
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,7 @@ def _read_photo(path: Path, size: int) -> _Photo:
     Raises:
         DecodeError: with the reason.
     """
-    try:
-        file_size = path.stat().st_size
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
-    if file_size == 0:
-        raise DecodeError("empty file (0 bytes)")
+    nonempty_size(path)
     try:
         with _quiet_pillow(), Image.open(path) as image:
             width, height = image.size

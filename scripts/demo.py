@@ -70,10 +70,11 @@ TAXONOMY = {
 }
 
 
-def camtrap_inputs(data: Path) -> tuple[Path, Path]:
+def camtrap_inputs(data: Path, media: str = "*.mp4") -> tuple[Path, Path]:
     """``deployments.csv`` (one made-up camera per site folder, around the time the clips
-    were generated: their files' times are their recording times) and ``taxonomy.csv``."""
-    stamps = [p.stat().st_mtime for p in data.rglob("*.mp4")]
+    were generated: the times of the files matching ``media`` are their recording times)
+    and ``taxonomy.csv``."""
+    stamps = [p.stat().st_mtime for p in data.rglob(media)]
     start = datetime.fromtimestamp(min(stamps), UTC) - timedelta(days=1)
     end = datetime.fromtimestamp(max(stamps), UTC) + timedelta(days=1)
     deployments = data / "deployments.csv"
@@ -99,6 +100,24 @@ def camtrap_inputs(data: Path) -> tuple[Path, Path]:
         writer.writerow(["class", "scientificName"])
         writer.writerows(TAXONOMY.items())
     return deployments, taxonomy
+
+
+def train_levels(console: Console, store: Path, labels: Path, run: Path, seed: int) -> Path:
+    """Steps 3 and 4 of the demos: level 1 with folds grouped by site (one per training
+    site), then level 2; prints the out-of-fold scores. Returns the run directory."""
+    config = Level1Config(
+        features=[store],
+        labels=labels,
+        run=run,
+        folds=len(TRAIN_SITES),
+        group_column="site",
+        seed=seed,
+    )
+    train_level1(config.resolved(), overwrite=True)
+    console.rule("4. jungle train-level2")
+    scores = train_level2(run, seed=seed)
+    console.print(metrics_table(scores, title="out-of-fold scores on the training sites"))
+    return run
 
 
 def main() -> None:
@@ -131,20 +150,7 @@ def main() -> None:
     console.print(f"{summary.ok} clips in {store} ({summary.processing_seconds:.0f} s)")
 
     console.rule("3. jungle train-level1 (folds grouped by site)")
-    run = out / "run"
-    config = Level1Config(
-        features=[store],
-        labels=train_csv,
-        run=run,
-        folds=len(TRAIN_SITES),
-        group_column="site",
-        seed=args.seed,
-    )
-    train_level1(config.resolved(), overwrite=True)
-
-    console.rule("4. jungle train-level2")
-    scores = train_level2(run, seed=args.seed)
-    console.print(metrics_table(scores, title="out-of-fold scores on the training sites"))
+    run = train_levels(console, store, train_csv, out / "run", args.seed)
 
     console.rule("5. jungle predict (held-out sites)")
     predictions = out / "predictions.csv"

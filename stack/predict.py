@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import pandas as pd
 from extract.assemble import same_extraction
 from extract.discover import Clip, discover
 from extract.pipeline import config_from_extraction, extract_features
-from extract.sequences import DEFAULT_SEQUENCE_GAP
+from extract.sequences import DEFAULT_SEQUENCE_GAP, capture_time
 from extract.store import FeatureStore, read_extraction
 from extract.thumbnails import Thumbnailer
 from extract.timestamps import clip_timestamp
@@ -59,6 +59,7 @@ from pool.rundir import Run
 from stack.camtrap import (
     CamtrapError,
     CamtrapInputs,
+    Photo,
     check_clips,
     check_out_dir,
     evidence_spans,
@@ -156,9 +157,9 @@ def predict(
             camtrap.deployments, camtrap.taxonomy, camtrap.project, classes
         )
         check_out_dir(camtrap.out)
-    _, clips = discover(videos, sequence_gap)
+    root, clips = discover(videos, sequence_gap)
     if camtrap_inputs is not None:
-        check_clips(camtrap_inputs, [c.clip_id for c in clips])
+        check_clips(camtrap_inputs, [c.clip_id for c in clips], _photo_paths(clips, root))
     inputs = Run(run).inputs()
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,11 @@ def predict(
                 pass
     partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
-    times = _recording_times(clips, failed) if fmt == "timelapse" or camtrap else {}
+    times, photos = (
+        _recording_times(clips, failed, root if camtrap is not None else None)
+        if fmt == "timelapse" or camtrap is not None
+        else ({}, {})
+    )
     written = table
     if fmt == "timelapse":
         written = timelapse_table(table, classes, times)
@@ -229,7 +234,9 @@ def predict(
     written.to_csv(tmp, index=False, float_format="%.6f")
     os.replace(tmp, out)  # the predictions first: nothing later can lose them
     if camtrap is not None and camtrap_inputs is not None:
-        _write_camtrap(camtrap.out, table, classes, camtrap_inputs, times, meta, spans, threshold)
+        _write_camtrap(
+            camtrap.out, table, classes, camtrap_inputs, times, photos, meta, spans, threshold
+        )
     status = table["status"].value_counts()
     return PredictSummary(
         out=out,
@@ -260,20 +267,63 @@ def _written(
     os.replace(tmp, path)
 
 
+def _photo_paths(clips: Sequence[Clip], root: Path) -> dict[str, list[str]]:
+    """Sequence clip id → its photos' paths relative to ``root`` (the input folder; a photo
+    outside it keeps its absolute path), ``/`` separated, in capture order."""
+    return {c.clip_id: [_relative(p, root) for p in c.images] for c in clips if c.is_sequence}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _photo_time(path: Path) -> datetime:
+    """A photo's capture time: its EXIF time (naive, camera-local), else its file time
+    (timezone-aware), as :func:`extract.timestamps.clip_timestamp` gives for a photo.
+
+    Raises:
+        OSError: the file cannot be read at all.
+    """
+    found = capture_time(path)
+    if found.source == "exif":
+        return found.time
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+
+
 def _recording_times(
-    clips: Sequence[Clip], failed: Mapping[str, str]
-) -> dict[str, datetime | None]:
+    clips: Sequence[Clip], failed: Mapping[str, str], root: Path | None = None
+) -> tuple[dict[str, datetime | None], dict[str, list[Photo]]]:
     """Clip id → recording time (:func:`extract.timestamps.clip_timestamp`; None when the
     file cannot be read). A failed clip's container is not opened again (it may have hung
-    the decoder): its file time is used."""
+    the decoder): its file time is used. With ``root`` (the input folder; for Camtrap DP),
+    also sequence clip id → its photos (:class:`~stack.camtrap.Photo`: path relative to
+    ``root`` and capture time), each photo read once: a sequence's own time is then its
+    first photo's (its file time when the sequence failed, as without ``root``)."""
     times: dict[str, datetime | None] = {}
+    photos: dict[str, list[Photo]] = {}
     for clip in clips:
+        if root is not None and clip.is_sequence:
+            items = []
+            for image in clip.images:
+                try:
+                    when: datetime | None = _photo_time(image)
+                except OSError as exc:
+                    log.warning("%s: no capture time (%s)", image, exc)
+                    when = None
+                items.append(Photo(_relative(image, root), when))
+            photos[clip.clip_id] = items
+            if clip.clip_id not in failed:
+                times[clip.clip_id] = items[0].time
+                continue
         try:
             times[clip.clip_id] = clip_timestamp(clip.path, clip.clip_id not in failed)[0]
         except OSError as exc:
             log.warning("%s: no recording time (%s)", clip.clip_id, exc)
             times[clip.clip_id] = None
-    return times
+    return times, photos
 
 
 def _write_camtrap(
@@ -282,22 +332,33 @@ def _write_camtrap(
     classes: list[str],
     inputs: CamtrapInputs,
     times: Mapping[str, datetime | None],
+    photos: Mapping[str, Sequence[Photo]],
     meta: pd.DataFrame,
     spans: Mapping[str, Mapping[str, tuple[float, float]]] | None,
     threshold: float | None,
 ) -> None:
-    """The Camtrap DP package of the predictions ``table`` (every clip, failed ones too,
-    needs its recording time ``times``).
+    """The Camtrap DP package of the predictions ``table`` (every video, failed ones too,
+    needs its recording time ``times``; every photo of a sequence of ``photos`` its
+    capture time).
 
     Raises:
-        CamtrapError: a clip without a recording time.
+        CamtrapError: a video or photo without a recording time.
     """
-    missing = [cid for cid, when in times.items() if when is None]
+    missing = [cid for cid, when in times.items() if when is None and cid not in photos]
+    missing += [p.path for items in photos.values() for p in items if p.time is None]
     if missing:
         raise CamtrapError(f"{missing[0]}: no recording time (the file cannot be read)")
     durations = meta["duration"].astype(float).to_dict()
     write_camtrap_dp(
-        out, table, classes, inputs, times, durations, spans, threshold or CAMTRAP_THRESHOLD
+        out,
+        table,
+        classes,
+        inputs,
+        times,
+        durations,
+        spans,
+        threshold or CAMTRAP_THRESHOLD,
+        photos,
     )
 
 

@@ -13,19 +13,25 @@ then a rename):
     one row per deployment of the deployments CSV (with or without clips), times rendered
     with their own UTC offset.
 ``media.csv``
-    one row per clip, failed clips included: ``mediaID`` a hash of the clip id,
-    ``filePath`` the clip id (path relative to the input folder), ``timestamp`` the clip's
-    time in its deployment's UTC offset (the offset of ``deploymentStart``),
-    ``fileMediatype`` from the extension, ``filePublic`` false.
+    one row per video clip and one per photo of a sequence clip (:class:`Photo`), failed
+    clips included: ``mediaID`` a hash of the clip id (a photo's: of its path),
+    ``filePath`` the clip id (a photo's path; both relative to the input folder),
+    ``timestamp`` the clip's time (a photo's capture time) in its deployment's UTC offset
+    (the offset of ``deploymentStart``), ``fileMediatype`` from the extension (``video/*``,
+    ``image/*``), ``filePublic`` false.
 ``observations.csv``
-    media-level observations (``observationLevel`` ``media``), ``observationID`` =
-    ``mediaID_N``. A classified clip gets one ``animal`` (``human`` for a class named
+    media-level observations of a video (``observationLevel`` ``media``, ``observationID``
+    = ``mediaID_N``), event-level observations of a sequence (``observationLevel``
+    ``event``, no ``mediaID``, ``eventID`` a hash of the clip id, ``observationID`` =
+    ``eventID_N``). A classified clip gets one ``animal`` (``human`` for a class named
     ``human``) observation per non-blank class whose probability is at least the threshold,
     most likely first; a clip without one gets a ``blank`` observation when p(blank) reaches
     the threshold, else an ``unknown`` one (no probability). A failed clip gets an
-    ``unclassified`` observation with the reason in ``observationComments``. ``eventStart``
-    and ``eventEnd`` are the clip's time plus the span of the frames showing the class
-    (:func:`evidence_spans`), else the whole clip.
+    ``unclassified`` observation with the reason in ``observationComments``. A video's
+    ``eventStart`` and ``eventEnd`` are its time plus the span of the frames showing the
+    class (:func:`evidence_spans`), else the whole clip; a sequence's are its first and last
+    photos' times (Camtrap DP 1.0.2 media rows carry no eventID: readers link an event's
+    media by deploymentID and ``eventStart <= timestamp <= eventEnd``).
 ``datapackage.json``
     the package descriptor: the 1.0.2 profile and table schema URLs, contributors and
     project (:class:`CamtrapProject`), spatial (bounding box of the deployments), temporal
@@ -41,10 +47,12 @@ output folder), :mod:`~stack.camtrap.spans` (evidence spans), :mod:`~stack.camtr
 
 Every datetime is written as ``YYYY-MM-DDThh:mm:ss`` plus ``Z`` or ``±hh:mm``, the form of
 the standard's examples (its schemas' format is ``%Y-%m-%dT%H:%M:%S%z``); seconds are
-truncated, except ``eventEnd``, rounded up so that the event covers its evidence.
+truncated, except ``eventEnd``, rounded up so that the event covers its evidence. A naive
+time (a photo's EXIF capture time: the camera's local clock, no offset) is read in its
+deployment's UTC offset.
 """
 
-from stack.camtrap.common import CAMTRAP_DP_VERSION, CamtrapError
+from stack.camtrap.common import CAMTRAP_DP_VERSION, CamtrapError, Photo
 from stack.camtrap.inputs import (
     DEPLOYMENT_COLUMNS,
     DEPLOYMENT_TEXT_COLUMNS,
@@ -67,6 +75,7 @@ from stack.camtrap.tables import (
     DEPLOYMENT_FIELDS,
     MEDIA_FIELDS,
     MEDIA_TYPES,
+    event_id,
     file_path,
     media_id,
     media_type,
@@ -90,11 +99,13 @@ __all__ = [
     "CamtrapProject",
     "Contributor",
     "Licenses",
+    "Photo",
     "ProjectInfo",
     "SpanTable",
     "Spans",
     "check_clips",
     "check_out_dir",
+    "event_id",
     "evidence_spans",
     "file_path",
     "media_id",

@@ -1,12 +1,14 @@
-"""What every part of the Camtrap DP writer shares: its error, the standard's version and
-small text helpers."""
+"""What every part of the Camtrap DP writer shares: its error, the standard's version, a
+photo of a sequence (:class:`Photo`) and small text helpers."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +26,16 @@ URL = r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$"
 
 class CamtrapError(Level2Error):
     """The Camtrap DP inputs or output folder cannot be used; the message says what to fix."""
+
+
+class Photo(NamedTuple):
+    """One photo of a sequence clip: a media row of its own in a Camtrap DP package."""
+
+    #: the photo's path relative to the input folder, ``/`` separated.
+    path: str
+    #: its capture time: timezone-aware, or naive (an EXIF time: camera-local, read in its
+    #: deployment's UTC offset); None when unknown (an error when the package is written).
+    time: datetime | None
 
 
 def one_line(text: str) -> str:

@@ -1,7 +1,8 @@
 """What the user gives for a Camtrap DP package, read and checked before any video work:
 the deployments CSV (:func:`read_deployments`), the taxonomy CSV (:func:`read_taxonomy`)
 and the project YAML, together :class:`CamtrapInputs` (:func:`read_camtrap_inputs`); the
-deployment of each clip (:func:`check_clips`) and the package folder
+deployment of each clip, a sequence's from its photos (:func:`check_clips`), and the package
+folder
 (:func:`check_out_dir`)."""
 
 from __future__ import annotations
@@ -317,37 +318,78 @@ def _assign(folders: Mapping[str, str], clip_ids: Iterable[str]) -> list[str | N
     return out
 
 
-def _deployment_ids(inputs: CamtrapInputs, clip_ids: Sequence[str]) -> list[str]:
-    """Every clip's deploymentID (see :func:`check_clips` for the errors)."""
-    outside = [c for c in clip_ids if _outside(c)]
+def _deployment_ids(
+    inputs: CamtrapInputs,
+    clip_ids: Sequence[str],
+    photos: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Every clip's deploymentID: a video's from its id, a sequence's (a clip of
+    ``photos``: clip id -> its photos' paths relative to the input folder) from its photos'
+    paths, which must all lie under one deployment (see :func:`check_clips` for the
+    errors). O(files)."""
+    photos = photos or {}
+    paths: list[str] = []  # every file, clip by clip
+    owner: list[int] = []  # the clip of each file
+    starts: list[int] = []  # each clip's first file in ``paths``
+    for i, cid in enumerate(clip_ids):
+        starts.append(len(paths))
+        files = photos.get(cid)
+        if files is None:
+            files = (cid,)
+        elif not files:
+            raise CamtrapError(f"sequence {cid!r} has no photos")
+        paths.extend(files)
+        owner.extend([i] * len(files))
+    outside = [k for k, p in enumerate(paths) if _outside(p)]
     if outside:
+        n_clips = len({owner[k] for k in outside})
         raise CamtrapError(
-            f"{len(outside)} clip(s) are not inside the input folder: {examples(outside)}; "
+            f"{n_clips} clip(s) are not inside the input folder: "
+            f"{examples([paths[k] for k in outside])}; "
             "Camtrap DP needs paths relative to it (put the manifest in a folder above "
             "all clips)"
         )
     deps = inputs.deployments
     folders = dict(zip(deps["folder"], deps["deploymentID"], strict=True))
-    found = _assign(folders, clip_ids)
-    lost = [c for c, d in zip(clip_ids, found, strict=True) if d is None]
+    found = _assign(folders, paths)
+    lost = [k for k, d in enumerate(found) if d is None]
     if lost:
         source = deps.attrs.get("source", "the deployments CSV")
         listed = examples([f or "." for f in deps["folder"]])
+        n_clips = len({owner[k] for k in lost})
         raise CamtrapError(
-            f"{len(lost)} clip(s) are under no deployment folder of {source}: "
-            f"{examples(lost)} (folders: {listed})"
+            f"{n_clips} clip(s) are under no deployment folder of {source}: "
+            f"{examples([paths[k] for k in lost])} (folders: {listed})"
         )
-    return found  # type: ignore[return-value]
+    out = [found[i] for i in starts]
+    if photos:
+        ends = [*starts[1:], len(paths)]
+        for cid, first, stop, dep in zip(clip_ids, starts, ends, out, strict=True):
+            other = next((d for d in found[first + 1 : stop] if d != dep), None)
+            if other is not None:
+                raise CamtrapError(
+                    f"sequence {cid!r}: its photos lie under two deployments ({dep}, {other}); "
+                    "an event belongs to one deployment (put the sequence's photos in one "
+                    "deployment folder)"
+                )
+    return out  # type: ignore[return-value]
 
 
-def check_clips(inputs: CamtrapInputs, clip_ids: Sequence[str]) -> None:
-    """Check that every clip lies under a deployment's folder (call before video work).
+def check_clips(
+    inputs: CamtrapInputs,
+    clip_ids: Sequence[str],
+    photos: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Check that every clip lies under a deployment's folder (call before video work): a
+    video by its id, a sequence (a clip of ``photos``: clip id -> its photos' paths relative
+    to the input folder, ``/`` separated) by its photos, all under one deployment.
 
     Raises:
-        CamtrapError: naming the first few clips under no deployment folder (or outside
-            the input folder) and how many there are.
+        CamtrapError: naming the first few files under no deployment folder (or outside
+            the input folder) and how many there are, or a sequence whose photos lie under
+            two deployments.
     """
-    _deployment_ids(inputs, list(clip_ids))
+    _deployment_ids(inputs, list(clip_ids), photos)
 
 
 def check_out_dir(out_dir: Path | str) -> Path:

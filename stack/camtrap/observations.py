@@ -1,5 +1,6 @@
-"""The observations table of a Camtrap DP package (``observations.csv``): media-level
-observations of each clip from its class probabilities (:func:`observations_table`)."""
+"""The observations table of a Camtrap DP package (``observations.csv``): the observations
+of each clip from its class probabilities (:func:`observations_table`), media-level for a
+video, event-level for a sequence of photos."""
 
 from __future__ import annotations
 
@@ -33,9 +34,7 @@ def observations_table(
     predictions: pd.DataFrame,
     classes: list[str],
     taxonomy: pd.DataFrame,
-    media: pd.DataFrame,
-    utc: pd.Series,
-    offsets: np.ndarray,
+    clips: pd.DataFrame,
     durations: Mapping[str, float],
     spans: Spans | None,
     threshold: float,
@@ -46,13 +45,16 @@ def observations_table(
 
     Args:
         predictions: the predictions table (``filepath``, a column per class, ``status``,
-            ``error``), one row per row of ``media``.
+            ``error``), one row per row of ``clips``.
         classes: the class columns (``blank`` is the no-animal class).
         taxonomy: :func:`~stack.camtrap.inputs.read_taxonomy`.
-        media: :func:`~stack.camtrap.tables.media_table` (mediaID and deploymentID).
-        utc: each clip's time (UTC); ``offsets``: its deployment's UTC offset (minutes).
-        durations: clip id -> seconds (events of unknown length end where they start).
-        spans: clip id -> class -> evidence span, or None (whole-clip events).
+        clips: per clip: ``mediaID`` (a video's; ``""`` for a sequence), ``eventID`` (a
+            sequence's; ``""`` for a video), ``deploymentID``, ``start`` (UTC: a video's
+            time, a sequence's first photo's), ``end`` (UTC: a sequence's last photo's;
+            unused for a video) and ``offset_min`` (its deployment's UTC offset).
+        durations: clip id -> seconds (video events of unknown length end where they start).
+        spans: clip id -> class -> evidence span, or None (whole-clip events); unused for
+            sequences, whose events run from their first photo to their last.
         threshold: a class is observed when its probability is at least this.
         stamp: ``classificationTimestamp`` of the machine observations.
     """
@@ -63,6 +65,7 @@ def observations_table(
     classified = (status != "failed") & ~np.isnan(probs).any(axis=1)
     species = [k for k, c in enumerate(classes) if c != BLANK]
     blank = next((k for k, c in enumerate(classes) if c == BLANK), None)
+    sequence = (clips["eventID"] != "").to_numpy(dtype=bool)
 
     # one observation per non-blank class at or above the threshold, most likely first
     sp_probs = probs[:, species] if species else np.zeros((n, 0))
@@ -100,8 +103,8 @@ def observations_table(
                 for r, b in zip(rest, is_blank, strict=True)
             ],
             [
-                "not classified: the clip could not be decoded or analysed: "
-                + (errors[r] or "no features were produced for this clip")
+                f"not classified: the {'sequence' if sequence[r] else 'clip'} could not be "
+                "decoded or analysed: " + (errors[r] or "no features were produced for this clip")
                 for r in failed
             ],
         ]
@@ -112,7 +115,8 @@ def observations_table(
     row, kinds, cls, prob, comments = (a[order] for a in (row, kinds, cls, prob, comments))
     number = pd.Series(row).groupby(row).cumcount().to_numpy() + 1
 
-    # event times: clip time + evidence span, else the whole clip
+    # event times: a video's time + evidence span, else the whole clip; a sequence's first
+    # to last photo
     dur = np.array([_duration(durations.get(cid)) for cid in ids], dtype=np.float64)
     start_s = np.zeros(n_obs)
     end_s = dur[row]
@@ -121,23 +125,32 @@ def observations_table(
         span = _span_of(spans, ids[row[j]], cls[j])
         if span is not None:
             start_s[j], end_s[j] = span
-    base = utc.iloc[row].reset_index(drop=True)
+    base = clips["start"].iloc[row].reset_index(drop=True)
     event_start = (base + pd.to_timedelta(start_s, unit="s")).dt.floor("s")
     event_end = (base + pd.to_timedelta(end_s, unit="s")).dt.ceil("s")
-    row_offsets = offsets[row]
+    event = pd.Series(sequence[row])
+    if event.any():
+        event_start = event_start.mask(event, base.dt.floor("s"))
+        event_end = event_end.mask(
+            event, clips["end"].iloc[row].reset_index(drop=True).dt.ceil("s")
+        )
+    row_offsets = clips["offset_min"].to_numpy(dtype=np.int64)[row]
 
     machine = kinds != "unclassified"
     sci = taxa["scientificName"].reindex(cls[animal]).to_numpy(dtype=object)
     scientific = np.full(n_obs, "", dtype=object)
     scientific[animal] = sci
-    media_ids = media["mediaID"].to_numpy(dtype=object)[row]
+    media_ids = clips["mediaID"].to_numpy(dtype=object)[row]
+    event_ids = clips["eventID"].to_numpy(dtype=object)[row]
+    keys = np.where(event.to_numpy(dtype=bool), event_ids, media_ids)
     out = pd.DataFrame("", index=range(n_obs), columns=list(OBSERVATION_FIELDS))
-    out["observationID"] = [f"{m}_{k}" for m, k in zip(media_ids, number, strict=True)]
-    out["deploymentID"] = media["deploymentID"].to_numpy(dtype=object)[row]
+    out["observationID"] = [f"{m}_{k}" for m, k in zip(keys, number, strict=True)]
+    out["deploymentID"] = clips["deploymentID"].to_numpy(dtype=object)[row]
     out["mediaID"] = media_ids
+    out["eventID"] = event_ids
     out["eventStart"] = render_times(event_start, row_offsets).to_numpy()
     out["eventEnd"] = render_times(event_end, row_offsets).to_numpy()
-    out["observationLevel"] = "media"
+    out["observationLevel"] = np.where(event.to_numpy(dtype=bool), "event", "media")
     out["observationType"] = kinds
     out["scientificName"] = scientific
     out["classificationMethod"] = np.where(machine, "machine", "")

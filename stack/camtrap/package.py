@@ -17,12 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stack.camtrap.common import CAMTRAP_DP_VERSION, URL, CamtrapError, jungle_version
+from stack.camtrap.common import CAMTRAP_DP_VERSION, URL, CamtrapError, Photo, jungle_version
 from stack.camtrap.inputs import CamtrapInputs, _deployment_ids, check_out_dir
 from stack.camtrap.observations import observations_table
 from stack.camtrap.project import CamtrapProject
 from stack.camtrap.spans import Spans
-from stack.camtrap.tables import deployments_table, media_table, warn_outside
+from stack.camtrap.tables import (
+    deployments_table,
+    event_id,
+    media_id,
+    media_table,
+    warn_outside,
+)
 from stack.camtrap.timestamps import utc_times
 
 log = logging.getLogger(__name__)
@@ -89,12 +95,18 @@ def _descriptor(
     taxonomic: list[dict],
     created: str,
     threshold: float,
+    levels: list[str],
 ) -> dict:
     jungle = jungle_version()
+    if levels == ["media"]:
+        what = "Media-level observations of camera-trap videos"
+    elif levels == ["event"]:
+        what = "Event-level observations of camera-trap photo sequences"
+    else:
+        what = "Observations of camera-trap videos (media level) and photo sequences (event level)"
     description = project.description or (
-        f"Media-level observations of camera-trap videos made by jungle {jungle}, a machine "
-        f"classifier, not reviewed by a person: a class is observed in a clip when its "
-        f"probability is at least {threshold:g}."
+        f"{what} made by jungle {jungle}, a machine classifier, not reviewed by a person: a "
+        f"class is observed in a clip when its probability is at least {threshold:g}."
     )
     package: dict = {
         "resources": [
@@ -131,7 +143,7 @@ def _descriptor(
         package["bibliographicCitation"] = project.bibliographicCitation
     package["project"] = {
         **project.project.model_dump(exclude_none=True),
-        "observationLevel": ["media"],
+        "observationLevel": levels,
     }
     if project.coordinatePrecision is not None:
         package["coordinatePrecision"] = project.coordinatePrecision
@@ -146,10 +158,11 @@ def write_camtrap_dp(
     predictions: pd.DataFrame,
     classes: Sequence[str],
     inputs: CamtrapInputs,
-    times: Mapping[str, datetime],
+    times: Mapping[str, datetime | None],
     durations: Mapping[str, float],
     spans: Spans | None,
     threshold: float,
+    photos: Mapping[str, Sequence[Photo]] | None = None,
 ) -> Path:
     """Write the Camtrap DP package of ``predictions`` into ``out_dir`` (see
     :mod:`stack.camtrap` for the mapping), atomically: into a sibling temporary folder,
@@ -162,18 +175,25 @@ def write_camtrap_dp(
             (other columns are ignored).
         classes: the class columns (``blank`` is the no-animal class).
         inputs: :func:`read_camtrap_inputs`.
-        times: clip id -> recording time (timezone-aware; every clip needs one).
+        times: video clip id -> recording time (every video needs one; timezone-aware, or
+            naive: camera-local, read in the deployment's UTC offset). Sequences need none.
         durations: clip id -> seconds (missing or NaN: unknown; the whole-clip event then
             has no length).
         spans: :func:`evidence_spans`, or None (events then cover the whole clip).
         threshold: a class is observed when its probability is at least this (0 < t < 1).
+        photos: sequence clip id -> its photos in capture order (:class:`Photo`: path
+            relative to the input folder and capture time, which a naive EXIF time is read
+            in the deployment's UTC offset). Each photo is a media row; the sequence's
+            observations are event-level, from its first photo's time to its last's. Clips
+            not listed are videos.
 
     Returns:
         The path of ``datapackage.json``.
 
     Raises:
-        CamtrapError: ``out_dir`` cannot be replaced, a clip is under no deployment or has
-            no time, a class column is missing, or the threshold is out of range.
+        CamtrapError: ``out_dir`` cannot be replaced, a clip is under no deployment, a
+            video or photo has no time, a class column is missing, or the threshold is out
+            of range.
     """
     out = check_out_dir(out_dir)
     if not 0 < threshold < 1:
@@ -187,26 +207,57 @@ def write_camtrap_dp(
     if dup.any():
         raise CamtrapError(f"clip {ids[int(np.flatnonzero(dup)[0])]!r} is predicted twice")
     predictions = predictions.reset_index(drop=True)
-    deployment_ids = _deployment_ids(inputs, ids)
+    photos = {cid: list(photos[cid]) for cid in ids if cid in photos} if photos else {}
+    paths_of = {cid: [p.path for p in items] for cid, items in photos.items()}
+    deployment_ids = _deployment_ids(inputs, ids, paths_of)
     deployments = inputs.deployments
     offsets = (
         deployments.set_index("deploymentID")["offset_min"]
         .reindex(deployment_ids)
         .to_numpy(dtype=np.int64)
     )
-    utc = utc_times(ids, times)
+    # every media file, clip by clip: a video, or each photo of a sequence
+    sequence = np.array([cid in photos for cid in ids], dtype=bool)
+    paths: list[str] = []
+    moments: list[datetime | None] = []
+    counts = np.ones(len(ids), dtype=np.int64)
+    for i, cid in enumerate(ids):
+        if sequence[i]:
+            counts[i] = len(photos[cid])
+            for photo in photos[cid]:
+                paths.append(photo.path)
+                moments.append(photo.time)
+        else:
+            paths.append(cid)
+            moments.append(times.get(cid))
+    owner = np.repeat(np.arange(len(ids)), counts)
+    utc = utc_times(paths, moments, offsets[owner])
+    grouped = utc.groupby(owner, sort=True)
+    clips = pd.DataFrame(
+        {
+            "mediaID": [("" if s else media_id(cid)) for cid, s in zip(ids, sequence, strict=True)],
+            "eventID": [(event_id(cid) if s else "") for cid, s in zip(ids, sequence, strict=True)],
+            "deploymentID": deployment_ids,
+            "start": grouped.min().reindex(range(len(ids))).reset_index(drop=True),
+            "end": grouped.max().reindex(range(len(ids))).reset_index(drop=True),
+            "offset_min": offsets,
+        }
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     taxonomy = inputs.taxonomy
     methods = inputs.project.project.captureMethod
-    media = media_table(ids, predictions, deployment_ids, utc, offsets, methods)
+    media = media_table(paths, owner, predictions, sequence, deployment_ids, utc, offsets, methods)
     warn_outside(media, utc, deployments)
     observations = observations_table(
-        predictions, classes, taxonomy, media, utc, offsets, durations, spans, threshold, stamp
+        predictions, classes, taxonomy, clips, durations, spans, threshold, stamp
     )
     observed = set(observations["scientificName"]) - {""}
     taxonomic = _taxonomic(taxonomy, observed)
-    package = _descriptor(inputs.project, deployments, taxonomic, stamp, threshold)
+    levels = [
+        level for level, there in (("media", ~sequence), ("event", sequence)) if there.any()
+    ] or ["media"]
+    package = _descriptor(inputs.project, deployments, taxonomic, stamp, threshold, levels)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -1,6 +1,6 @@
 """The deployments and media tables of a Camtrap DP package (``deployments.csv``,
-``media.csv``), and how a clip is named in them (:func:`media_id`, :func:`file_path`,
-:func:`media_type`)."""
+``media.csv``: a row per video, a row per photo of a sequence), and how a file is named in
+them (:func:`media_id`, :func:`event_id`, :func:`file_path`, :func:`media_type`)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ MEDIA_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 #: media type per extension (lower case); any other extension EXT gives ``video/x-EXT`` (the
-#: schema's pattern requires ``video/...``; :mod:`mimetypes` gives non-video types for some).
+#: schema's pattern requires ``image|video|audio/...``; :mod:`mimetypes` gives non-video
+#: types for some video extensions). Photos have one of the image extensions below.
 MEDIA_TYPES: dict[str, str] = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
     ".mp4": "video/mp4",
     ".m4v": "video/mp4",
     ".avi": "video/x-msvideo",
@@ -58,13 +64,21 @@ _FILE_PATH = re.compile(r"^(?=^[^./~])(^((?!\.{2}).)*$).*$")
 
 
 def media_id(clip_id: str) -> str:
-    """The ``mediaID`` of a clip: the first 16 hex digits of the SHA-1 of its id."""
+    """The ``mediaID`` of a video clip or a photo: the first 16 hex digits of the SHA-1 of
+    its id (a photo's: its path relative to the input folder)."""
     return hashlib.sha1(clip_id.encode("utf-8")).hexdigest()[:16]
 
 
+def event_id(clip_id: str) -> str:
+    """The ``eventID`` of a sequence clip's observations: the first 16 hex digits of the
+    SHA-1 of ``event:`` + its id (never the mediaID of its first photo, whose path a
+    folder sequence's id is)."""
+    return hashlib.sha1(f"event:{clip_id}".encode()).hexdigest()[:16]
+
+
 def media_type(clip_id: str) -> str:
-    """The IANA media type of a clip from its extension (:data:`MEDIA_TYPES`); an unknown
-    extension gives ``video/x-EXT`` (``video/x-unknown`` without one)."""
+    """The IANA media type of a clip or photo from its extension (:data:`MEDIA_TYPES`); an
+    unknown extension gives ``video/x-EXT`` (``video/x-unknown`` without one)."""
     name = clip_id.rpartition("/")[2]
     dot = name.rfind(".")
     suffix = name[dot:].lower() if dot > 0 else ""
@@ -114,23 +128,36 @@ def deployments_table(deployments: pd.DataFrame) -> pd.DataFrame:
 
 
 def media_table(
-    ids: list[str],
+    paths: list[str],
+    owner: np.ndarray,
     predictions: pd.DataFrame,
+    sequence: np.ndarray,
     deployment_ids: list[str],
     utc: pd.Series,
     offsets: np.ndarray,
     capture_methods: Sequence[str],
 ) -> pd.DataFrame:
-    """``media.csv``: one row per clip of ``ids`` (the rows of ``predictions``), failed
-    clips included, in its deployment's UTC offset (``offsets``, minutes).
+    """``media.csv``: one row per file of ``paths`` (a video clip, or a photo of a sequence
+    clip), failed clips included, each in its clip's deployment's UTC offset.
+
+    Args:
+        paths: every file, clip by clip (a sequence's photos in capture order), relative to
+            the input folder.
+        owner: the clip (row of ``predictions``) of each file.
+        predictions: the predictions table (``status``, ``error``).
+        sequence: per clip, True for a sequence of photos.
+        deployment_ids, offsets: per clip, its deploymentID and UTC offset (minutes).
+        utc: per file, its time (UTC).
+        capture_methods: the project's capture methods.
 
     Raises:
-        CamtrapError: two clips with one mediaID.
+        CamtrapError: two files with one mediaID (one file listed twice).
     """
-    n = len(ids)
+    n = len(paths)
     status, errors = clip_status(predictions)
-    paths = [file_path(cid) for cid in ids]
-    encoded = [cid for cid, p in zip(ids, paths, strict=True) if cid != p]
+    status, errors, is_photo = status[owner], errors[owner], sequence[owner]
+    encoded_paths = [file_path(path) for path in paths]
+    encoded = [path for path, e in zip(paths, encoded_paths, strict=True) if path != e]
     if encoded:
         log.warning(
             "%d clip path(s) break the Camtrap DP filePath pattern (leading '.' or '~', or "
@@ -138,29 +165,41 @@ def media_table(
             len(encoded),
             examples(encoded),
         )
+    what = np.where(is_photo, "the sequence", "the clip")
+    failed_text = np.char.add(
+        np.where(is_photo, "the sequence could not", "could not"),
+        np.char.add(" be decoded or analysed: ", errors.astype(str)),
+    )
     comments = np.where(
         status == "failed",
-        np.char.add("could not be decoded or analysed: ", errors.astype(str)),
-        np.where(status == "partial", "only part of the clip could be decoded", ""),
+        failed_text,
+        np.where(
+            status == "partial",
+            np.char.add("only part of ", np.char.add(what, " could be decoded")),
+            "",
+        ),
     )
     out = pd.DataFrame("", index=range(n), columns=list(MEDIA_FIELDS))
-    out["mediaID"] = [media_id(cid) for cid in ids]
-    out["deploymentID"] = deployment_ids
+    out["mediaID"] = [media_id(path) for path in paths]
+    out["deploymentID"] = np.asarray(deployment_ids, dtype=object)[owner]
     out["captureMethod"] = capture_methods[0] if len(capture_methods) == 1 else ""
-    out["timestamp"] = render_times(utc.dt.floor("s"), offsets).to_numpy()
-    out["filePath"] = paths
+    out["timestamp"] = render_times(utc.dt.floor("s"), offsets[owner]).to_numpy()
+    out["filePath"] = encoded_paths
     out["filePublic"] = "false"
-    out["fileName"] = [cid.rpartition("/")[2] for cid in ids]
-    out["fileMediatype"] = [media_type(cid) for cid in ids]
+    out["fileName"] = [path.rpartition("/")[2] for path in paths]
+    out["fileMediatype"] = [media_type(path) for path in paths]
     out["mediaComments"] = comments.astype(object)
     dup = out["mediaID"].duplicated()
-    if dup.any():  # 64-bit hashes of distinct ids: practically never
-        raise CamtrapError(f"mediaID collision for clip {ids[int(np.flatnonzero(dup)[0])]!r}")
+    if dup.any():  # a photo in two sequences; else 64-bit hashes of distinct ids: never
+        raise CamtrapError(
+            f"mediaID collision for {paths[int(np.flatnonzero(dup)[0])]!r} (listed twice?)"
+        )
     return out
 
 
 def warn_outside(media: pd.DataFrame, utc: pd.Series, deployments: pd.DataFrame) -> None:
-    """Warn, per deployment, about clips whose time ``utc`` is outside its start..end."""
+    """Warn, per deployment, about media files whose time ``utc`` is outside its
+    start..end."""
     bounds = deployments.set_index("deploymentID")[["start_utc", "end_utc"]]
     start = as_ns(bounds["start_utc"].reindex(media["deploymentID"]))
     end = as_ns(bounds["end_utc"].reindex(media["deploymentID"]))
@@ -172,8 +211,8 @@ def warn_outside(media: pd.DataFrame, utc: pd.Series, deployments: pd.DataFrame)
     for dep, group in bad.groupby("deploymentID", sort=False):
         row = bounds.loc[dep]
         log.warning(
-            "%d clip(s) of deployment %s have a time stamp outside its start..end (%s..%s), "
-            "e.g. %s at %s (camera clock wrong, or the clip under the wrong folder?)",
+            "%d media file(s) of deployment %s have a time stamp outside its start..end "
+            "(%s..%s), e.g. %s at %s (camera clock wrong, or the file under the wrong folder?)",
             len(group),
             dep,
             row["start_utc"].isoformat(),

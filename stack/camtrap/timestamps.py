@@ -1,11 +1,12 @@
 """Times in a Camtrap DP package: parsed with their UTC offset, written as
-``YYYY-MM-DDThh:mm:ss`` plus ``Z`` or ``±hh:mm`` (the form of the standard's examples)."""
+``YYYY-MM-DDThh:mm:ss`` plus ``Z`` or ``±hh:mm`` (the form of the standard's examples);
+naive (camera-local EXIF) times read in their deployment's offset (:func:`utc_times`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -77,18 +78,26 @@ def render_times(utc: pd.Series, offset_min: np.ndarray) -> pd.Series:
     return pd.Series(text, index=utc.index, dtype=object) + suffix.to_numpy(dtype=object)
 
 
-def utc_times(ids: Sequence[str], times: Mapping[str, datetime]) -> pd.Series:
-    """The recording time of each clip of ``ids`` (from ``times``) in UTC.
+def utc_times(
+    names: Sequence[str], values: Sequence[datetime | None], offsets: np.ndarray
+) -> pd.Series:
+    """The time of each media file (``values``, named ``names``) in UTC. A naive time is
+    camera-local, as cameras write EXIF: it is read in the file's deployment's UTC offset
+    (``offsets``, minutes east of UTC, one per value); an aware time is converted as it is.
 
     Raises:
-        CamtrapError: clips without a time (the first few named).
-        ValueError: a naive time.
+        CamtrapError: files without a time (the first few named).
     """
-    values = [times.get(cid) for cid in ids]
-    absent = [cid for cid, v in zip(ids, values, strict=True) if v is None]
+    absent = [name for name, v in zip(names, values, strict=True) if v is None]
     if absent:
-        raise CamtrapError(f"{len(absent)} clip(s) have no time stamp: {examples(absent)}")
-    naive = [cid for cid, v in zip(ids, values, strict=True) if v.tzinfo is None]
-    if naive:
-        raise ValueError(f"times must be timezone-aware; naive for {examples(naive)}")
-    return pd.Series(pd.to_datetime(values, utc=True), dtype="datetime64[ns, UTC]")
+        raise CamtrapError(f"{len(absent)} media file(s) have no time stamp: {examples(absent)}")
+    zones: dict[int, timezone] = {}
+    aware: list[datetime] = []
+    for value, minutes in zip(values, np.asarray(offsets, dtype=np.int64).tolist(), strict=True):
+        if value.tzinfo is None or value.utcoffset() is None:  # type: ignore[union-attr]
+            zone = zones.get(minutes)
+            if zone is None:
+                zone = zones[minutes] = timezone(timedelta(minutes=minutes))
+            value = value.replace(tzinfo=zone)  # type: ignore[union-attr]
+        aware.append(value)  # type: ignore[arg-type]
+    return pd.Series(pd.to_datetime(aware, utc=True), dtype="datetime64[ns, UTC]")
