@@ -221,13 +221,13 @@ def predict(
     partial = meta["partial"]
     table = _rows([c.clip_id for c in clips], classes, probs, partial, failed, threshold, top_k)
     times, photos = (
-        _recording_times(clips, failed, root if camtrap is not None else None)
+        _recording_times(clips, failed, root)
         if fmt == "timelapse" or camtrap is not None
         else ({}, {})
     )
     written = table
     if fmt == "timelapse":
-        written = timelapse_table(table, classes, times)
+        written = timelapse_table(table, classes, times, photos)
     elif _is_metadata_csv(videos, clips):
         written = table.rename(columns={"filepath": "seq_id"})
     tmp = out.with_name(out.name + ".tmp")
@@ -298,7 +298,8 @@ def _recording_times(
 ) -> tuple[dict[str, datetime | None], dict[str, list[Photo]]]:
     """Clip id → recording time (:func:`extract.timestamps.clip_timestamp`; None when the
     file cannot be read). A failed clip's container is not opened again (it may have hung
-    the decoder): its file time is used. With ``root`` (the input folder; for Camtrap DP),
+    the decoder): its file time is used. With ``root`` (the input folder; for Camtrap DP and
+    Timelapse),
     also sequence clip id → its photos (:class:`~stack.camtrap.Photo`: path relative to
     ``root`` and capture time), each photo read once: a sequence's own time is then its
     first photo's (its file time when the sequence failed, as without ``root``)."""

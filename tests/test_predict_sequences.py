@@ -80,3 +80,21 @@ def test_bad_photos_partial_and_failed_rows(photo_run: tuple[Path, Path], tmp_pa
     assert table.loc[burst.clip_id, "status"] == "partial"
     rest = table.drop(["broken/x.jpg", "notes.jpg", burst.clip_id])
     assert (rest["status"] == "ok").all() and len(rest) > 5
+
+
+def test_timelapse_has_a_row_per_photo(photo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, data = photo_run
+    out = tmp_path / "timelapse.csv"
+    predict(data / "siteB", run, out, fmt="timelapse", show_progress=False)
+    table = pd.read_csv(out, keep_default_na=False)
+    photos = sorted((data / "siteB").glob("*.JPG"))
+    assert table["File"].tolist() == [p.name for p in photos]  # every photo, capture order
+    assert (table["RelativePath"] == "").all()
+    meta = pd.read_csv(data / "train_metadata.csv").set_index("file_name")["datetime"]
+    assert table["DateTime"].tolist() == [meta[f"siteB/{p.name}"] for p in photos]
+    # the photos of one sequence share its probabilities
+    _, clips = discover(data / "siteB")
+    burst = next(c for c in clips if len(c.images) >= 2)
+    rows = table[table["File"].isin([p.name for p in burst.images])]
+    assert len(rows) == len(burst.images) and rows["top_label"].nunique() == 1
+    assert rows.drop(columns=["File", "DateTime"]).drop_duplicates().shape[0] == 1
