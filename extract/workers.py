@@ -95,12 +95,7 @@ def decode_item(clip: Clip, frames: int, size: int, device: str) -> dict:
     """
     _test_hooks(clip.clip_id)
     try:
-        if clip.is_sequence:
-            decoded, meta = decode_sequence(clip.images, frames, size)
-        else:
-            info = probe(clip.path)
-            decoded = decode_clip(clip.path, info, frames, (size, size), device)
-            meta = video_meta(info, decoded)
+        decoded, meta = decode_media(clip, frames, size, device)
     except DecodeError as exc:
         return {"ok": False, "reason": str(exc)}
     except Exception as exc:  # never let one file take the run down
@@ -113,6 +108,23 @@ def decode_item(clip: Clip, frames: int, size: int, device: str) -> dict:
         "mask": decoded.mask,
         "meta": meta,
     }
+
+
+def decode_media(
+    clip: Clip, frames: int, size: int, device: str = "cpu"
+) -> tuple[DecodedClip, dict[str, object]]:
+    """Decode a video (probe + :func:`~extract.decode.decode_clip`) or a photo sequence
+    (:func:`~extract.sequences.decode_sequence`): ``frames`` slots of ``size`` x ``size``,
+    and the clip's store metadata.
+
+    Raises:
+        DecodeError: the clip cannot be used (the reason).
+    """
+    if clip.is_sequence:
+        return decode_sequence(clip.images, frames, size)
+    info = probe(clip.path)
+    decoded = decode_clip(clip.path, info, frames, (size, size), device)
+    return decoded, video_meta(info, decoded)
 
 
 def video_meta(info: VideoInfo, decoded: DecodedClip) -> dict[str, object]:

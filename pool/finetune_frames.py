@@ -2,7 +2,7 @@
 
 Every pass over clips (the up-front check, each training epoch, each held-out scoring)
 decodes its clips again through stage 1's frame-exact decoder
-(:func:`extract.decode.decode_clip`: ``frames_per_clip`` frames, the middle frame of equal
+(:func:`extract.workers.decode_media`: ``frames_per_clip`` frames, the middle frame of equal
 segments, squashed to ``size`` x ``size``), in ``workers`` DataLoader processes (0: in this
 process) that deliver the clips in order. What one pass holds at once, whatever the number
 of clips:
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extract.decode import decode_clip
 from extract.discover import Clip
-from extract.probe import DecodeError, probe
+from extract.probe import DecodeError
 from extract.progress import clip_progress
+from extract.workers import decode_media
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int, str]:
         clip = self.clips[i]
         try:
-            decoded = decode_clip(clip.path, probe(clip.path), self.frames, (self.size, self.size))
+            decoded, _ = decode_media(clip, self.frames, self.size)
         except DecodeError as exc:
             return i, None, 0, str(exc)
         except Exception as exc:  # never let one file stop the run
