@@ -43,7 +43,9 @@ def train_level1_command(
     run: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     models: Annotated[
         str | None,
-        typer.Option(help="Comma-separated: attention,gru,pool,histogram \\[default: all]."),
+        typer.Option(
+            help="Comma-separated: attention,gru,pool,histogram,sequence \\[default: all]."
+        ),
     ] = None,
     folds: Annotated[
         int | None,

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from extract.config import check_device, read_settings
 
-ModelName = Literal["attention", "gru", "pool", "histogram"]
-#: every level-1 model, in the order they are trained and reported.
-MODELS: tuple[str, ...] = ("attention", "gru", "pool", "histogram")
+ModelName = Literal["attention", "gru", "pool", "histogram", "sequence"]
+#: every level-1 model, in the order they are trained and reported (a model's index seeds
+#: it: new models go at the end).
+MODELS: tuple[str, ...] = ("attention", "gru", "pool", "histogram", "sequence")
 #: numeric metadata fields a model may use (columns of ``FeatureStore.meta()``).
 META_CHOICES: tuple[str, ...] = (
     "file_size",
@@ -116,6 +117,38 @@ class HistogramConfig(BaseModel):
     early_stopping_rounds: int = Field(30, ge=1)
 
 
+class SequenceConfig(BaseModel):
+    """Per-frame (per-image) classifier; a clip's probability is the mean of its real frames'
+    probabilities for a species and their geometric mean for ``blank`` (Hakuna Ma-Data),
+    then a per-class Platt scaling. See :mod:`pool.sequence`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame_input: Literal["centered", "raw"] = Field(
+        "centered",
+        description="centered: each frame minus its clip's mean real frame (removes the "
+        "background the clip's frames share; one-image clips then all get the same "
+        "prediction); raw: each frame alone",
+    )
+    training: Literal["propagate", "mil"] = Field(
+        "propagate",
+        description="propagate: every real frame learns its clip's labels; mil: the clip's "
+        "mean / geometric mean of its frames learns them",
+    )
+    frame_hidden: int = Field(
+        256, ge=0, le=4096, description="0: logistic regression, else MLP width"
+    )
+    frame_steps: int = Field(2000, ge=1, description="maximum minibatch steps")
+    frame_batch_clips: int = Field(32, ge=1, description="clips per step")
+    frame_lr: float = Field(3e-4, gt=0.0, le=1.0)
+    frame_weight_decay: float = Field(1e-4, ge=0.0, description="AdamW decoupled weight decay")
+    eval_every: int = Field(20, ge=1, description="steps between inner-validation checks")
+    patience: int = Field(6, ge=1, description="checks without improvement before stopping")
+    calibrate: bool = Field(
+        True, description="per-class Platt scaling of the clip logits (fold's training clips)"
+    )
+
+
 class Level1Config(BaseModel):
     """Everything that determines a level-1 run. Defaults are the documented defaults."""
 
@@ -165,6 +198,7 @@ class Level1Config(BaseModel):
     gru: NetConfig = Field(default_factory=NetConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     histogram: HistogramConfig = Field(default_factory=HistogramConfig)
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
 
     @field_validator("models")
     @classmethod
@@ -200,9 +234,12 @@ class Level1Config(BaseModel):
         """The config whose feature stores are fold ``fold``'s."""
         return self.model_copy(update={"features": [s.for_fold(fold) for s in self.features]})
 
-    def net(self, name: str) -> NetConfig:
-        """The settings of torch model ``name`` (attention, gru or pool)."""
-        return {"attention": self.attention, "gru": self.gru, "pool": self.pool}[name]
+    def settings(self, name: str) -> NetConfig | HistogramConfig | SequenceConfig:
+        """The settings section of level-1 model ``name`` (one of :data:`MODELS`)."""
+        if name not in MODELS:
+            raise KeyError(f"unknown level-1 model {name!r}; choose from {MODELS}")
+        section: NetConfig | HistogramConfig | SequenceConfig = getattr(self, name)
+        return section
 
     def resolved(self) -> Level1Config:
         """A copy with every path made absolute (against the current directory)."""

@@ -1,7 +1,8 @@
 """Level-1 models as scikit-learn-style estimators.
 
 :class:`Level1Classifier` wraps every level-1 model (``attention``, ``gru``, ``pool``: torch
-nets, :mod:`pool.nets`; ``histogram``: :mod:`pool.histogram`) behind one contract:
+nets, :mod:`pool.nets`; ``histogram``: :mod:`pool.histogram`; ``sequence``:
+:mod:`pool.sequence`) behind one contract:
 
 * ``fit(X, y, groups=None)``: ``X`` a :class:`~pool.data.FeatureBlock` (features read on
   demand), ``y`` the ``(n, K)`` 0/1 targets, ``groups`` the clips' groups (the inner
@@ -27,11 +28,12 @@ import torch
 from pydantic import BaseModel
 from sklearn.base import BaseEstimator
 
-from pool.config import MODELS, HistogramConfig, NetConfig, PoolConfig
+from pool.config import MODELS, HistogramConfig, NetConfig, PoolConfig, SequenceConfig
 from pool.data import BlockShuffle, FeatureBlock
 from pool.folds import inner_split
 from pool.histogram import HistogramModel, fit_histogram
 from pool.labels import BLANK
+from pool.sequence import SequenceModel, fit_sequence
 from pool.train_torch import NetModel, fit_net, resolve_device
 
 
@@ -47,10 +49,18 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def default_config(model: str) -> NetConfig | HistogramConfig:
+#: a level-1 model's settings.
+ModelConfig = NetConfig | HistogramConfig | SequenceConfig
+#: a fitted level-1 model.
+FittedModel = NetModel | HistogramModel | SequenceModel
+
+
+def default_config(model: str) -> ModelConfig:
     """The default settings of level-1 model ``model``."""
     if model == "histogram":
         return HistogramConfig()
+    if model == "sequence":
+        return SequenceConfig()
     if model == "pool":
         return PoolConfig()
     if model in MODELS:
@@ -62,10 +72,11 @@ class Level1Classifier(BaseEstimator):
     """One level-1 model (see the module docstring).
 
     Args:
-        model: ``attention``, ``gru``, ``pool`` or ``histogram``.
+        model: ``attention``, ``gru``, ``pool``, ``histogram`` or ``sequence``.
         config: the model's settings (default: :func:`default_config`).
         classes: class names in column order (``classes_``; default ``0..K-1``); the
-            histogram model treats a class named ``blank`` as "no frame shows anything".
+            histogram and sequence models treat a class named ``blank`` as "no frame shows
+            anything".
         inner_val_fraction: share of the training clips held back for early stopping.
         split_seed: seed of that inner split.
         random_state: seed of the model's initialisation and batch order.
@@ -78,7 +89,7 @@ class Level1Classifier(BaseEstimator):
     def __init__(
         self,
         model: str = "attention",
-        config: NetConfig | HistogramConfig | None = None,
+        config: ModelConfig | None = None,
         classes: list[str] | None = None,
         inner_val_fraction: float = 0.15,
         split_seed: int = 0,
@@ -115,15 +126,17 @@ class Level1Classifier(BaseEstimator):
         device = resolve_device(self.device)
         shuffle = BlockShuffle(self.shuffle_block_clips, self.shuffle_window_mb * 1e6)
         names = list(self.classes) if self.classes is not None else []
+        blank = names.index(BLANK) if BLANK in names else None
         with torch_threads(self.threads):
             if self.model == "histogram":
                 assert isinstance(config, HistogramConfig)
-                blank = names.index(BLANK) if BLANK in names else None
                 groups = None if groups is None else np.asarray(groups)
                 args = (config, X, y, groups, blank, fit_rows, val_rows, self.random_state)
-                self.model_: NetModel | HistogramModel = fit_histogram(
-                    *args, device, self.threads, shuffle
-                )
+                self.model_: FittedModel = fit_histogram(*args, device, self.threads, shuffle)
+            elif self.model == "sequence":
+                assert isinstance(config, SequenceConfig)
+                args = (config, X, y, blank, fit_rows, val_rows, self.random_state)
+                self.model_ = fit_sequence(*args, device, shuffle)
             else:
                 assert isinstance(config, NetConfig)
                 self.model_ = fit_net(
@@ -154,13 +167,13 @@ class Level1Classifier(BaseEstimator):
             return self.model_.frame_attention(X)
 
     def frame_proba(self, X: FeatureBlock) -> np.ndarray:
-        """``(n, T, K)`` per-frame class probabilities (``histogram`` model only: its frame
-        classifier).
+        """``(n, T, K)`` per-frame class probabilities (``histogram`` and ``sequence`` models:
+        their frame classifiers).
 
         Raises:
             ValueError: the model scores no frames.
         """
-        if not isinstance(self.model_, HistogramModel):
+        if not isinstance(self.model_, HistogramModel | SequenceModel):
             raise ValueError(f"the {self.model} model gives no per-frame scores")
         with torch_threads(self.threads):
             return self.model_.frame_proba(X)
@@ -187,6 +200,8 @@ def load_estimator(path: Path | str, device: str = "cpu") -> Level1Classifier:
     estimator = Level1Classifier(**params)
     if ckpt["kind"] == "histogram":
         estimator.model_ = HistogramModel.from_checkpoint(ckpt, torch_device)
+    elif ckpt["kind"] == "sequence":
+        estimator.model_ = SequenceModel.from_checkpoint(ckpt, torch_device)
     else:
         estimator.model_ = NetModel.from_checkpoint(ckpt, torch_device)
     names = params.get("classes")

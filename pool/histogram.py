@@ -33,6 +33,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -93,6 +94,67 @@ def pooled_logits(logits: torch.Tensor, mask: torch.Tensor, blank: int | None) -
     return torch.where(is_blank, soft_min, soft_max)
 
 
+#: a frame-classifier loss: ``(B, T, K)`` frame logits, ``(B, T)`` mask of real frames and
+#: ``(B, K)`` clip targets → a scalar.
+FrameLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train_frame_classifier(
+    block: FeatureBlock,
+    targets: np.ndarray,
+    rows: np.ndarray,
+    moments: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    device: torch.device,
+    shuffle: BlockShuffle | None,
+    *,
+    hidden: int,
+    steps: int,
+    batch_clips: int,
+    lr: float,
+    weight_decay: float,
+    loss: FrameLoss,
+    after_step: Callable[[int, FrameClassifier], bool] | None = None,
+) -> FrameClassifier:
+    """Train a :class:`FrameClassifier` (``hidden``: its width, 0 for a linear layer) on
+    clips ``rows`` from their clip labels; shared by the ``histogram`` and ``sequence`` models.
+
+    Each of at most ``steps`` AdamW steps takes the next ``batch_clips`` clips of the
+    ``shuffle`` order (passes over ``rows`` follow one another; a step may span two) and
+    minimises ``loss(frame logits, mask, clip targets)``. ``moments``: per-channel mean and
+    std that standardise the frames. The output bias starts at the logit of the class
+    frequencies of ``rows``. ``after_step(step, classifier)`` (1-based step) is called after
+    each step; training stops early when it returns True.
+    """
+    rows = np.sort(rows)
+    shuffle = shuffle or BlockShuffle()
+    y_all = torch.from_numpy(targets.astype(np.float32))
+    mean, std = moments
+    rng = np.random.default_rng(seed)
+    with seeded(seed, device):
+        clf = FrameClassifier(block.dims, targets.shape[1], hidden)
+        clf.x_mean.copy_(torch.from_numpy(mean))
+        clf.x_std.copy_(torch.from_numpy(std))
+        prior = y_all[rows].mean(dim=0).clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            clf.body[-1].bias.copy_(torch.log(prior) - torch.log1p(-prior))
+        clf.to(device).train()
+        optimiser = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
+        batch = min(batch_clips, len(rows))
+        windows = shuffle.epochs(rows, rng, block.features.clip_bytes)
+        batches = shuffled_batches(block.features, windows, batch)
+        for step, (pick, features) in enumerate(itertools.islice(batches, steps), start=1):
+            x = torch.from_numpy(features).to(device).float()
+            mask = torch.from_numpy(block.mask[pick]).to(device)
+            value = loss(clf(x), mask, y_all[pick].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            value.backward()
+            optimiser.step()
+            if after_step is not None and after_step(step, clf):
+                break
+    return clf.eval()
+
+
 def fit_frame_classifier(
     cfg: HistogramConfig,
     block: FeatureBlock,
@@ -104,41 +166,29 @@ def fit_frame_classifier(
     device: torch.device,
     shuffle: BlockShuffle | None = None,
 ) -> FrameClassifier:
-    """Train a :class:`FrameClassifier` on clips ``rows`` by multiple-instance learning.
+    """Train the histogram model's :class:`FrameClassifier` on clips ``rows`` by
+    multiple-instance learning (:func:`train_frame_classifier`, ``cfg.frame_*`` settings):
+    the loss is the binary cross-entropy of :func:`pooled_logits` against the clip labels
+    (``blank``: index of the blank class)."""
 
-    Each step takes the next ``cfg.frame_batch_clips`` clips of the ``shuffle`` order
-    (passes over ``rows`` follow one another; a step may span two); the loss is the binary
-    cross-entropy of :func:`pooled_logits` against the clip labels (``blank``: index of the
-    blank class). ``moments``: per-channel mean and std used to standardise the frames.
-    """
-    rows = np.sort(rows)
-    shuffle = shuffle or BlockShuffle()
-    y_all = torch.from_numpy(targets.astype(np.float32))
-    mean, std = moments
-    rng = np.random.default_rng(seed)
-    with seeded(seed, device):
-        clf = FrameClassifier(block.dims, targets.shape[1], cfg.frame_hidden)
-        clf.x_mean.copy_(torch.from_numpy(mean))
-        clf.x_std.copy_(torch.from_numpy(std))
-        prior = y_all[rows].mean(dim=0).clamp(1e-4, 1 - 1e-4)
-        with torch.no_grad():
-            clf.body[-1].bias.copy_(torch.log(prior) - torch.log1p(-prior))
-        clf.to(device).train()
-        optimiser = torch.optim.AdamW(
-            clf.parameters(), lr=cfg.frame_lr, weight_decay=cfg.frame_weight_decay
-        )
-        batch = min(cfg.frame_batch_clips, len(rows))
-        windows = shuffle.epochs(rows, rng, block.features.clip_bytes)
-        batches = shuffled_batches(block.features, windows, batch)
-        for pick, features in itertools.islice(batches, cfg.frame_steps):
-            x = torch.from_numpy(features).to(device).float()
-            mask = torch.from_numpy(block.mask[pick]).to(device)
-            logits = pooled_logits(clf(x), mask, blank)
-            loss = F.binary_cross_entropy_with_logits(logits, y_all[pick].to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-    return clf.eval()
+    def mil_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(pooled_logits(logits, mask, blank), y)
+
+    return train_frame_classifier(
+        block,
+        targets,
+        rows,
+        moments,
+        seed,
+        device,
+        shuffle,
+        hidden=cfg.frame_hidden,
+        steps=cfg.frame_steps,
+        batch_clips=cfg.frame_batch_clips,
+        lr=cfg.frame_lr,
+        weight_decay=cfg.frame_weight_decay,
+        loss=mil_loss,
+    )
 
 
 @torch.no_grad()

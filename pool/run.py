@@ -51,7 +51,7 @@ def estimator(
     early-stopping split of a fold is the same for every model)."""
     return Level1Classifier(
         model=name,
-        config=config.histogram if name == "histogram" else config.net(name),
+        config=config.settings(name),
         classes=classes,
         inner_val_fraction=config.inner_val_fraction,
         split_seed=config.seed + 1 + fold,
