@@ -44,7 +44,7 @@ import xgboost as xgb
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from pool.config import HistogramConfig
+from pool.config import HistogramConfig, SequenceConfig
 from pool.data import BlockShuffle, FeatureBlock, frame_moments, sequential, shuffled_batches
 from pool.folds import make_folds
 from pool.oof import cross_fit
@@ -108,16 +108,14 @@ def train_frame_classifier(
     device: torch.device,
     shuffle: BlockShuffle | None,
     *,
-    hidden: int,
-    steps: int,
-    batch_clips: int,
-    lr: float,
-    weight_decay: float,
+    settings: HistogramConfig | SequenceConfig,
     loss: FrameLoss,
     after_step: Callable[[int, FrameClassifier], bool] | None = None,
 ) -> FrameClassifier:
-    """Train a :class:`FrameClassifier` (``hidden``: its width, 0 for a linear layer) on
-    clips ``rows`` from their clip labels; shared by the ``histogram`` and ``sequence`` models.
+    """Train a :class:`FrameClassifier` on clips ``rows`` from their clip labels; shared by
+    the ``histogram`` and ``sequence`` models, whose ``settings`` give its width
+    (``frame_hidden``, 0 for a linear layer), ``frame_steps``, ``frame_batch_clips``,
+    ``frame_lr`` and ``frame_weight_decay``.
 
     Each of at most ``steps`` AdamW steps takes the next ``batch_clips`` clips of the
     ``shuffle`` order (passes over ``rows`` follow one another; a step may span two) and
@@ -126,6 +124,12 @@ def train_frame_classifier(
     frequencies of ``rows``. ``after_step(step, classifier)`` (1-based step) is called after
     each step; training stops early when it returns True.
     """
+    hidden, steps, batch_clips = (
+        settings.frame_hidden,
+        settings.frame_steps,
+        settings.frame_batch_clips,
+    )
+    lr, weight_decay = settings.frame_lr, settings.frame_weight_decay
     rows = np.sort(rows)
     shuffle = shuffle or BlockShuffle()
     y_all = torch.from_numpy(targets.astype(np.float32))
@@ -182,11 +186,7 @@ def fit_frame_classifier(
         seed,
         device,
         shuffle,
-        hidden=cfg.frame_hidden,
-        steps=cfg.frame_steps,
-        batch_clips=cfg.frame_batch_clips,
-        lr=cfg.frame_lr,
-        weight_decay=cfg.frame_weight_decay,
+        settings=cfg,
         loss=mil_loss,
     )
 

@@ -340,11 +340,7 @@ def fit_sequence(
         seed,
         device,
         shuffle,
-        hidden=cfg.frame_hidden,
-        steps=cfg.frame_steps,
-        batch_clips=cfg.frame_batch_clips,
-        lr=cfg.frame_lr,
-        weight_decay=cfg.frame_weight_decay,
+        settings=cfg,
         loss=loss,
         after_step=stopping,
     )

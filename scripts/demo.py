@@ -102,6 +102,14 @@ def camtrap_inputs(data: Path, media: str = "*.mp4") -> tuple[Path, Path]:
     return deployments, taxonomy
 
 
+def demo_console() -> Console:
+    """The demos' console (stderr) with logging set up; stage 1's per-clip logs muted."""
+    console = Console(stderr=True)
+    setup_logging(console)
+    logging.getLogger("extract").setLevel(logging.WARNING)
+    return console
+
+
 def train_levels(console: Console, store: Path, labels: Path, run: Path, seed: int) -> Path:
     """Steps 3 and 4 of the demos: level 1 with folds grouped by site (one per training
     site), then level 2; prints the out-of-fold scores. Returns the run directory."""
@@ -128,9 +136,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=160, help="CNN input side")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    console = Console(stderr=True)
-    setup_logging(console)
-    logging.getLogger("extract").setLevel(logging.WARNING)
+    console = demo_console()
     started = time.perf_counter()
     out = args.out.absolute()
     data = out / "data"

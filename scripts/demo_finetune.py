@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extract.config import FeaturesConfig  # noqa: E402
-from extract.console import setup_logging  # noqa: E402
 from extract.pipeline import extract_features  # noqa: E402
 from pool.config import Level1Config  # noqa: E402
 from pool.finetune import finetune  # noqa: E402
@@ -39,6 +35,7 @@ from pool.folds import read_folds  # noqa: E402
 from pool.metrics import metrics_table  # noqa: E402
 from pool.run import train_level1  # noqa: E402
 from pool.rundir import Run  # noqa: E402
+from scripts.demo import demo_console  # noqa: E402
 from stack.evaluate import evaluate_predictions, report_tables  # noqa: E402
 from stack.predict import predict  # noqa: E402
 from stack.train import train_level2  # noqa: E402
@@ -54,9 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    console = Console(stderr=True)
-    setup_logging(console)
-    logging.getLogger("extract").setLevel(logging.WARNING)
+    console = demo_console()
     started = time.perf_counter()
     demo = args.demo.absolute()
     frozen_run, train_csv = demo / "run", demo / "data" / "train.csv"

@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extract.config import FeaturesConfig  # noqa: E402
-from extract.console import setup_logging  # noqa: E402
 from extract.pipeline import extract_features  # noqa: E402
-from scripts.demo import HELDOUT_SITES, TRAIN_SITES, camtrap_inputs, train_levels  # noqa: E402
+from scripts.demo import (  # noqa: E402
+    HELDOUT_SITES,
+    TRAIN_SITES,
+    camtrap_inputs,
+    demo_console,
+    train_levels,
+)  # noqa: E402
 from scripts.make_demo_data import generate_demo  # noqa: E402
 from stack.evaluate import evaluation, match_predictions, report_tables  # noqa: E402
 from stack.predict import CamtrapRequest, predict  # noqa: E402
@@ -89,9 +91,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=160, help="CNN input side")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    console = Console(stderr=True)
-    setup_logging(console)
-    logging.getLogger("extract").setLevel(logging.WARNING)
+    console = demo_console()
     started = time.perf_counter()
     out = args.out.absolute()
     data = out / "data"
