@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import pandas as pd
 from extract.assemble import same_extraction
 from extract.discover import Clip, discover
 from extract.pipeline import config_from_extraction, extract_features
-from extract.sequences import DEFAULT_SEQUENCE_GAP, capture_time
+from extract.sequences import DEFAULT_SEQUENCE_GAP
 from extract.store import FeatureStore, read_extraction
 from extract.thumbnails import Thumbnailer
 from extract.timestamps import clip_timestamp
@@ -280,19 +280,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _photo_time(path: Path) -> datetime:
-    """A photo's capture time: its EXIF time (naive, camera-local), else its file time
-    (timezone-aware), as :func:`extract.timestamps.clip_timestamp` gives for a photo.
-
-    Raises:
-        OSError: the file cannot be read at all.
-    """
-    found = capture_time(path)
-    if found.source == "exif":
-        return found.time
-    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
-
-
 def _recording_times(
     clips: Sequence[Clip], failed: Mapping[str, str], root: Path | None = None
 ) -> tuple[dict[str, datetime | None], dict[str, list[Photo]]]:
@@ -310,7 +297,7 @@ def _recording_times(
             items = []
             for image in clip.images:
                 try:
-                    when: datetime | None = _photo_time(image)
+                    when: datetime | None = clip_timestamp(image)[0]
                 except OSError as exc:
                     log.warning("%s: no capture time (%s)", image, exc)
                     when = None
