@@ -31,8 +31,8 @@ help:
 
 install:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[dev]"
-	$(BIN)/python -c "import torch, torchvision, decord, av, timm; print('jungle installed: torch', torch.__version__)"
+	$(BIN)/python -m pip install -e ".[dev,ray]"
+	$(BIN)/python -c "import torch, torchvision, decord, av, timm, ray; print('jungle installed: torch', torch.__version__, 'ray', ray.__version__)"
 	-$(MAKE) install-browser  # (a failure here only fails the report's browser tests)
 
 # the tests of `jungle report` open it in a real headless Chromium (Debian's packages)

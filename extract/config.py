@@ -76,6 +76,16 @@ class FeaturesConfig(BaseModel):
     clip_timeout: float = Field(
         300.0, gt=0, description="seconds before a clip's decode is abandoned"
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: decoder processes + CNN on this machine; ray: a Ray Data pipeline "
+        "(extract.ray_engine; needs jungle[ray])",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="engine ray: address of a running Ray cluster (e.g. 10.0.0.1:6379, or "
+        "'auto'); null: start a local Ray instance on this machine",
+    )
 
     _device = field_validator("device")(check_device)
 

@@ -175,7 +175,7 @@ def extract_features(
         log.info("shard %d/%d: %d clips", *shard, len(clips))
     if not out.parent.is_dir():
         raise StoreError(f"{out.parent}: no such folder for --out")
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size
     extraction = _extraction(backbone, config, image_size)
@@ -283,7 +283,9 @@ def _ext_list() -> str:
     return " ".join(sorted(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS))
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when torch sees a GPU, else cpu; a CUDA device without a GPU is an
+    error (:class:`StoreError`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -415,8 +417,15 @@ def _process(
     show_progress: bool,
     thumbnails: Thumbnailer | None = None,
 ) -> int:
-    extractor = TapExtractor(backbone, device, config.pooling, config.precision, config.tta)
-    batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames, thumbnails)
+    """Run the clips of ``todo`` through the engine of ``config`` and write their rows into
+    crash-safe shards in ``parts`` (every ``shard_clips`` rows and on interruption).
+    Returns the number of rows written."""
+    if config.engine == "ray":
+        from extract.ray_engine import ray_results
+
+        results = ray_results(todo, config, image_size, thumbnails)
+    else:
+        results = _local_results(todo, backbone, config, device, image_size, parts, thumbnails)
     layers = list(backbone.taps)
     run_stamp = f"{time.time_ns():020d}"
     buffer = ShardBuffer()
@@ -432,26 +441,43 @@ def _process(
 
     with clip_progress(len(todo), enabled=show_progress) as advance:
         try:
-            for clip, item in _decoded(todo, config, image_size, device, parts):
-                item["identity"] = _identity(clip)
-                if item["ok"]:
-                    finished = batcher.add(clip, item)
-                else:
-                    buffer.failed.append(Failure(clip.clip_id, item["reason"], item["identity"]))
+            with contextlib.closing(results):
+                for result in results:
+                    if isinstance(result, Failure):
+                        buffer.failed.append(result)
+                    else:
+                        buffer.ok.append(result)
                     advance(1)
-                    finished = []
-                buffer.ok.extend(finished)
-                advance(len(finished))
-                if len(buffer) >= config.shard_clips:
-                    processed += len(buffer)
-                    flush()
-            finished = batcher.finish()
-            buffer.ok.extend(finished)
-            advance(len(finished))
+                    if len(buffer) >= config.shard_clips:
+                        processed += len(buffer)
+                        flush()
         finally:  # also on Ctrl-C / SIGTERM: keep what is finished
             processed += len(buffer)
             flush()
     return processed
+
+
+def _local_results(
+    todo: Sequence[Clip],
+    backbone: Backbone,
+    config: FeaturesConfig,
+    device: torch.device,
+    image_size: int,
+    parts: Path,
+    thumbnails: Thumbnailer | None,
+) -> Iterator[ClipFeatures | Failure]:
+    """The local engine: decoder processes (:func:`_decoded`) feeding the CNN in this
+    process; rows are yielded as they are finished (failures at once, features when the
+    CNN batch that completes a clip has run)."""
+    extractor = TapExtractor(backbone, device, config.pooling, config.precision, config.tta)
+    batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames, thumbnails)
+    for clip, item in _decoded(todo, config, image_size, device, parts):
+        item["identity"] = clip_identity(clip)
+        if item["ok"]:
+            yield from batcher.add(clip, item)
+        else:
+            yield Failure(clip.clip_id, item["reason"], item["identity"])
+    yield from batcher.finish()
 
 
 class FrameBatcher:
@@ -548,7 +574,7 @@ class FrameBatcher:
         )
 
 
-def _identity(clip: Clip) -> FileIdentity:
+def clip_identity(clip: Clip) -> FileIdentity:
     """The identity of a clip's files as processed (unknown when unreadable: retried later)."""
     try:
         return files_identity(clip.files)

@@ -16,6 +16,7 @@ a clip extracted again (changed file, retried failure) gets its thumbnail rewrit
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -66,26 +67,45 @@ class Thumbnailer:
         self.width = width
 
     def write(self, clips: Sequence[ClipFrames]) -> None:
-        """Write one thumbnail per clip of ``clips``. Failures are logged, never raised (a
-        missing thumbnail must not cost a clip its features): an evidence function that
-        fails falls back to the middle frames, a file that cannot be written is skipped."""
+        """Write one thumbnail per clip of ``clips`` (:meth:`render`, then :meth:`save`).
+        Failures are logged, never raised: a missing thumbnail must not cost a clip its
+        features."""
+        for clip_id, jpeg in self.render(clips).items():
+            self.save(clip_id, jpeg)
+
+    def render(self, clips: Sequence[ClipFrames]) -> dict[str, bytes]:
+        """Clip id → the JPEG of its thumbnail (no file written: the Ray engine renders on
+        the CNN's node and the run's process saves). An evidence function that fails falls
+        back to the middle frames; a frame that cannot be encoded is logged and left out."""
         if not clips:
-            return
+            return {}
         try:
             slots = self.best_slots(clips)
         except Exception as exc:  # noqa: BLE001 (a thumbnail must never cost a clip)
             log.warning("thumbnail evidence failed (%s): using the middle frames", exc)
             slots = _middle_slots(np.stack([np.asarray(c.mask, dtype=bool) for c in clips]))
+        out: dict[str, bytes] = {}
         for clip, slot in zip(clips, slots, strict=True):
             frame = clip.frames[int(clip.rows[slot])]
             if hasattr(frame, "cpu"):  # a torch tensor (frames decoded on the GPU)
                 frame = frame.cpu().numpy()
             try:
-                save_thumbnail(
-                    thumbnail_path(self.folder, clip.clip_id), frame, _aspect(clip.meta), self.width
-                )
+                out[clip.clip_id] = encode_thumbnail(frame, _aspect(clip.meta), self.width)
             except (OSError, ValueError) as exc:
-                log.warning("%s: thumbnail not written (%s)", clip.clip_id, exc)
+                log.warning("%s: thumbnail not made (%s)", clip.clip_id, exc)
+        return out
+
+    def save(self, clip_id: str, jpeg: bytes) -> None:
+        """Write a rendered thumbnail into the folder (temporary file + rename); a file that
+        cannot be written is logged and skipped."""
+        path = thumbnail_path(self.folder, clip_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("%s: thumbnail not written (%s)", clip_id, exc)
 
     def best_slots(self, clips: Sequence[ClipFrames]) -> np.ndarray:
         """The slot of each clip's thumbnail: highest evidence among real slots, or the
@@ -100,21 +120,19 @@ class Thumbnailer:
         return np.argmax(scores, axis=1)
 
 
-def save_thumbnail(path: Path, frame: np.ndarray, aspect: float, width: int = THUMB_WIDTH) -> Path:
-    """Write ``frame`` (``(H, W, 3)`` uint8 RGB) as a JPEG ``width`` pixels wide with
-    ``aspect`` (width / height), through a temporary file and a rename.
+def encode_thumbnail(frame: np.ndarray, aspect: float, width: int = THUMB_WIDTH) -> bytes:
+    """``frame`` (``(H, W, 3)`` uint8 RGB) as a JPEG ``width`` pixels wide with ``aspect``
+    (width / height).
 
     Raises:
-        OSError: the file cannot be written.
+        OSError, ValueError: the frame cannot be encoded.
     """
     height = max(1, round(width / aspect))
     image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")
     image = image.resize((width, height), Image.Resampling.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="JPEG", quality=THUMB_QUALITY)
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMB_QUALITY)
+    return buffer.getvalue()
 
 
 def _middle_slots(masks: np.ndarray) -> np.ndarray:

@@ -96,6 +96,20 @@ def features(
             "\\[default: none]."
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="local | ray: decode and CNN on this machine, or as a Ray Data pipeline "
+            "(needs jungle[ray]) \\[default: local]."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: address of a running Ray cluster (HEAD:6379 or auto) "
+            "\\[default: start Ray on this machine]."
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -123,6 +137,7 @@ def features(
     from extract.config import ConfigError, load_config
     from extract.discover import DiscoveryError
     from extract.pipeline import extract_features, parse_shard
+    from extract.ray_engine import RayEngineError
     from extract.store import StoreError
 
     overrides = {
@@ -139,6 +154,8 @@ def features(
         "batch_frames": batch_frames,
         "precision": precision,
         "tta": tta,
+        "engine": engine,
+        "ray_address": ray_address,
     }
     sigterm_as_interrupt()
     try:
@@ -152,7 +169,7 @@ def features(
             overwrite=overwrite,
             shard=parse_shard(shard) if shard else None,
         )
-    except (ConfigError, DiscoveryError, BackboneError, StoreError) as exc:
+    except (ConfigError, DiscoveryError, BackboneError, StoreError, RayEngineError) as exc:
         raise fail(err, str(exc)) from None
     except KeyboardInterrupt:
         err.print(

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from extract.thumbnails import save_thumbnail, thumbnail_path  # noqa: E402
+from extract.thumbnails import encode_thumbnail, thumbnail_path  # noqa: E402
 from stack.predict import thumbnails_dir  # noqa: E402
 from stack.report import report_files, write_report  # noqa: E402
 
@@ -46,8 +46,7 @@ def make_predictions(folder: Path, n: int, seed: int = 0) -> Path:
     out = folder / "predictions.csv"
     table.to_csv(out, index=False, float_format="%.6f")
     thumbs = thumbnails_dir(out)
-    one = save_thumbnail(folder / "one.jpg", np.full((64, 64, 3), 90, np.uint8), 16 / 9)
-    data = one.read_bytes()
+    data = encode_thumbnail(np.full((64, 64, 3), 90, np.uint8), 16 / 9)
     for cid in np.asarray(ids)[~failed]:
         path = thumbnail_path(thumbs, cid)
         path.parent.mkdir(parents=True, exist_ok=True)

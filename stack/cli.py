@@ -14,6 +14,7 @@ from extract.backbones import BackboneError
 from extract.config import ConfigError
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 from extract.discover import DiscoveryError
+from extract.ray_engine import RayEngineError
 from extract.sequences import DEFAULT_SEQUENCE_GAP
 from extract.store import StoreError
 from pool.config import Level1Error
@@ -24,7 +25,15 @@ from stack.predict import CamtrapRequest, predict
 from stack.report import PAGE_SIZES, write_report
 from stack.train import Level2Error, train_level2
 
-USER_ERRORS = (Level2Error, Level1Error, DiscoveryError, BackboneError, StoreError, ConfigError)
+USER_ERRORS = (
+    Level2Error,
+    Level1Error,
+    DiscoveryError,
+    BackboneError,
+    StoreError,
+    ConfigError,
+    RayEngineError,
+)
 
 
 def train_level2_command(
@@ -107,6 +116,15 @@ def predict_command(
     shard_clips: Annotated[
         int | None, typer.Option(help="Clips per crash-safe feature shard [default: 32].")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local | ray: stage 1 on this machine or on Ray (jungle[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: address of a running Ray cluster [default: start Ray here]."
+        ),
+    ] = None,
     sequence_gap: Annotated[
         float,
         typer.Option(
@@ -149,6 +167,8 @@ def predict_command(
             device=device,
             workers=workers,
             shard_clips=shard_clips,
+            engine=engine,
+            ray_address=ray_address,
             sequence_gap=sequence_gap,
             show_progress=progress,
         )

@@ -43,6 +43,7 @@ import pandas as pd
 from extract.assemble import same_extraction
 from extract.discover import Clip, discover
 from extract.pipeline import config_from_extraction, extract_features
+from extract.ray_engine import ENGINES
 from extract.sequences import DEFAULT_SEQUENCE_GAP
 from extract.store import FeatureStore, read_extraction
 from extract.thumbnails import Thumbnailer
@@ -123,6 +124,8 @@ def predict(
     device: str = "auto",
     workers: int | None = None,
     shard_clips: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     sequence_gap: float = DEFAULT_SEQUENCE_GAP,
     show_progress: bool = True,
 ) -> PredictSummary:
@@ -133,7 +136,8 @@ def predict(
     ``camtrap``, a Camtrap DP package (classes observed at ``threshold``, default
     :data:`CAMTRAP_THRESHOLD`; event times from the per-frame evidence when the run has the
     attention and histogram models, else the whole clip). Photos of a folder are grouped
-    into sequences by ``sequence_gap`` seconds (:func:`extract.discover.discover`).
+    into sequences by ``sequence_gap`` seconds (:func:`extract.discover.discover`). Stage 1
+    runs on ``engine`` (``local`` or ``ray``, at ``ray_address``: :mod:`extract.ray_engine`).
 
     Raises:
         Level2Error, DiscoveryError, BackboneError, StoreError, Level1Error: for the user.
@@ -148,6 +152,8 @@ def predict(
         raise Level2Error(f"--top-k must be between 1 and {len(classes)}")
     if fmt not in FORMATS:
         raise Level2Error(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if engine not in ENGINES:
+        raise Level2Error(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     models = Run(run).config().models
     if per_frame is not None:
         require_frame_models(models)
@@ -163,7 +169,12 @@ def predict(
     inputs = Run(run).inputs()
     cache = features_dir(out)
     cache.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, object] = {"device": device, "sequence_gap": sequence_gap}
+    overrides: dict[str, object] = {
+        "device": device,
+        "sequence_gap": sequence_gap,
+        "engine": engine,
+        "ray_address": ray_address,
+    }
     if workers is not None:
         overrides["workers"] = workers
     if shard_clips is not None:

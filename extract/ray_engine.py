@@ -1,0 +1,380 @@
+"""``--engine ray``: stage 1's decode and CNN as a Ray Data pipeline, on one machine or a
+cluster (``pip install "jungle[ray]"``; ray is imported only here, only when asked for).
+
+The pipeline, one Ray dataset per window of :data:`WINDOW_CLIPS` clips (the driver's
+memory stays flat in the number of clips; a window's tail overlaps the next one's start)::
+
+    one row per clip (its position and the pickled Clip), one block per clip
+      -> decode tasks (CPU, num_cpus=1): stage 1's frame-exact decoder unchanged
+         (:func:`extract.workers.decode_item`): frames subsampled and squashed to the CNN's
+         input inside the task, never one row per full-resolution frame
+      -> CNN actors (:class:`FeatureActor`): the local run's TapExtractor and FrameBatcher
+         (fixed-size, padded batches: a clip's features do not depend on its batch mates);
+         one actor per GPU (num_gpus=1) when the cluster has GPUs and the device is not cpu,
+         else one CPU actor per node using that node's cores
+      -> this process, in clip order: identities, crash-safe shards, the store
+         (:func:`extract.pipeline.extract_features` writes them as for a local run)
+
+Same semantics as a local run: failed rows with the decoder's reason; the crash rule — a
+decode task whose worker process dies is retried once (``max_retries=1``); if it dies
+again its block is dropped (``max_errored_blocks=-1``) and the clip, missing from the
+output, becomes a failed row :data:`CRASH_REASON`; a CNN actor that dies is restarted by
+Ray Data and its batch run again, so no clip is lost. A clip whose decode takes longer than
+``clip_timeout`` seconds fails with a timeout (checked between Python calls: a decoder stuck
+inside C code is caught by the crash rule only if it dies). Interruption and resume are the
+store's: finished clips are in shards on this machine, a rerun skips them.
+
+Where things run: the store and its shards are written by this process (the driver) only;
+every node must see the clips at the same absolute path and have jungle installed in the
+same environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import signal
+import socket
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from extract.config import FeaturesConfig
+from extract.discover import Clip
+from extract.pipeline import clip_identity
+from extract.store import UNKNOWN_IDENTITY, ClipFeatures, Failure
+from extract.thumbnails import ClipFrames, Thumbnailer
+from extract.workers import CRASH_ENV, HANG_ENV, decode_item
+
+log = logging.getLogger(__name__)
+
+#: the values of ``--engine`` (:attr:`extract.config.FeaturesConfig.engine`).
+ENGINES = ("local", "ray")
+#: clips per Ray dataset (one block each; bounds the driver's bookkeeping).
+WINDOW_CLIPS = 2048
+#: seconds to wait for a Ray head to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
+#: the reason of a clip whose decode task's worker died twice.
+CRASH_REASON = "decoder crashed twice (the Ray worker process died)"
+
+
+class RayEngineError(RuntimeError):
+    """Ray is missing, cannot be reached, or the pipeline itself failed (not a clip)."""
+
+
+def ray_results(
+    todo: Sequence[Clip],
+    config: FeaturesConfig,
+    image_size: int,
+    thumbnails: Thumbnailer | None = None,
+) -> Iterator[ClipFeatures | Failure]:
+    """Features or failures of ``todo``, in its order, made on Ray (see the module doc).
+    Identities are left unknown: the caller sets them (the clip's files as it sees them).
+
+    Raises:
+        RayEngineError: ray is not installed, the cluster cannot be reached, or the CNN
+            actors cannot start (e.g. weights missing on a node).
+    """
+    ray = connect(config.ray_address)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.max_errored_blocks = -1  # a clip that crashed twice is dropped, not the run
+    context.execution_options.preserve_order = True  # rows come back in clip order
+    context.enable_progress_bars = False  # the run has its own bar
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    actors, gpu = _cnn_actors(ray, config)
+    log.info(
+        "Ray engine: %d CNN actor(s) on %s, decode tasks on the cluster's CPUs (%s CPUs)",
+        actors,
+        "GPUs" if gpu else "CPUs",
+        int(ray.cluster_resources().get("CPU", 0)),
+    )
+    for start in range(0, len(todo), WINDOW_CLIPS):
+        window = list(todo[start : start + WINDOW_CLIPS])
+        dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails)
+        yield from _collect(window, dataset, thumbnails)
+
+
+def connect(address: str | None) -> Any:
+    """The ``ray`` module, connected: to ``address`` when given, else to the instance this
+    process already joined, else a new local instance on this machine.
+
+    Raises:
+        RayEngineError: ray is not installed, or the address cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RayEngineError(
+            "--engine ray needs Ray: pip install 'jungle[ray]' (or 'ray[data]')"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    if address and address != "auto":
+        _reachable(address)
+    env = {k: os.environ[k] for k in (CRASH_ENV, HANG_ENV) if os.environ.get(k)}
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+            runtime_env={"env_vars": env} if env else None,  # test hooks only
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local instance"
+        raise RayEngineError(f"cannot start or join Ray ({where}): {exc}") from None
+    finally:
+        if main:  # ray.init replaces it with sys.exit; keep the run's (Ctrl-C semantics)
+            signal.signal(signal.SIGTERM, sigterm)
+    return ray
+
+
+def _reachable(address: str) -> None:
+    """Fail fast on a head that does not answer (``ray.init`` would retry for minutes).
+
+    Raises:
+        RayEngineError: the address is malformed or nothing listens there.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayEngineError(f"--ray-address must look like HOST:PORT or auto, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayEngineError(
+            f"cannot start or join Ray ({address}): {exc.strerror or exc} (is the head "
+            "running? `ray start --head` on it prints its address)"
+        ) from None
+
+
+def _cnn_actors(ray: Any, config: FeaturesConfig) -> tuple[int, bool]:
+    """How many CNN actors, and whether each takes a GPU."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus and config.device != "cpu":
+        return gpus, True
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    return max(1, len(nodes)), False
+
+
+def _dataset(
+    ray: Any,
+    window: list[Clip],
+    config: FeaturesConfig,
+    image_size: int,
+    actors: int,
+    gpu: bool,
+    thumbnails: Thumbnailer | None,
+) -> Any:
+    """The window's Ray dataset: decode tasks, then CNN actors (see the module doc)."""
+    rows = [{"i": i, "clip": pickle.dumps(clip)} for i, clip in enumerate(window)]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    with warnings.catch_warnings():
+        # Ray 2.5x deprecates passing Ray Core options (max_retries, scheduling_strategy)
+        # to map_batches, with no replacement for max_retries before 2.64 (hence ray<2.64)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _stages(ray, dataset, config, image_size, actors, gpu, thumbnails)
+
+
+def _stages(
+    ray: Any,
+    dataset: Any,
+    config: FeaturesConfig,
+    image_size: int,
+    actors: int,
+    gpu: bool,
+    thumbnails: Thumbnailer | None,
+) -> Any:
+    dataset = dataset.map_batches(
+        decode_rows,
+        batch_size=1,
+        num_cpus=1,
+        max_retries=1,  # Ray Data's default is -1: a crashing clip would be retried forever
+        fn_kwargs={"frames": config.frames, "size": image_size, "timeout": config.clip_timeout},
+    )
+    per_call = max(1, math.ceil(config.batch_frames / max(1, config.frames or 1)))
+    settings = {
+        "config": config.model_dump(),
+        "thumbnails": thumbnails is not None,
+        "evidence": thumbnails.evidence if thumbnails is not None else None,
+        "width": thumbnails.width if thumbnails is not None else 0,
+    }
+    return dataset.map_batches(
+        _bound(settings),
+        batch_size=per_call,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+        scheduling_strategy="SPREAD",
+    )
+
+
+def _bound(settings: dict) -> type:
+    """:class:`FeatureActor` with its settings bound in the class (shipped with the class
+    definition, so a restarted actor never depends on an object that may have been lost)."""
+
+    class BoundFeatureActor(FeatureActor):
+        def __init__(self) -> None:
+            super().__init__(**settings)
+
+    return BoundFeatureActor
+
+
+def _collect(
+    window: list[Clip], dataset: Any, thumbnails: Thumbnailer | None
+) -> Iterator[ClipFeatures | Failure]:
+    """The window's rows in clip order; clips missing from the output (dropped after their
+    worker died twice) become failures."""
+    from ray.exceptions import RayError
+
+    expected = 0
+    rows = iter(dataset.iter_rows())
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except RayError as exc:
+            raise RayEngineError(f"the Ray pipeline failed: {_first_line(exc)}") from None
+        i = int(row["i"])
+        for missing in range(expected, i):
+            yield _crashed(window[missing])
+        expected = i + 1
+        result, jpeg = pickle.loads(row["result"])
+        result.identity = clip_identity(window[i])
+        if jpeg is not None and thumbnails is not None:
+            thumbnails.save(result.clip_id, jpeg)
+        yield result
+    if expected == 0 and len(window) > 1:
+        raise RayEngineError(
+            f"no clip of {len(window)} came back from the Ray pipeline (see the Ray logs, "
+            "e.g. /tmp/ray/session_latest/logs)"
+        )
+    for missing in range(expected, len(window)):
+        yield _crashed(window[missing])
+
+
+def _crashed(clip: Clip) -> Failure:
+    return Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
+
+
+def decode_rows(
+    batch: dict[str, np.ndarray], frames: int, size: int, timeout: float
+) -> dict[str, np.ndarray]:
+    """Ray decode task: each row's clip through :func:`extract.workers.decode_item`."""
+    items = []
+    for blob in batch["clip"]:
+        clip = pickle.loads(blob)
+        with _time_limit(timeout):
+            try:
+                item = decode_item(clip, frames, size, "cpu")
+            except _ClipTimeout:
+                item = {"ok": False, "reason": f"decoding took longer than {timeout:g} s"}
+        items.append(pickle.dumps((clip, item), protocol=5))
+    return {"i": batch["i"], "item": np.array(items, dtype=object)}
+
+
+class FeatureActor:
+    """Ray CNN actor: the local engine's extractor and batcher on the decoded clips of each
+    call; returns per clip the pickled ``(ClipFeatures or Failure, thumbnail JPEG or None)``.
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        thumbnails: bool = False,
+        evidence: Any = None,
+        width: int = 0,
+    ) -> None:
+        import torch
+
+        from extract.backbones import build_backbone
+        from extract.features import TapExtractor
+        from extract.pipeline import resolve_device
+
+        settings = FeaturesConfig(**config)
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # Ray sets 1 per CPU
+        device = resolve_device(settings.device)
+        backbone = build_backbone(
+            settings.backbone, settings.weights, settings.layers, settings.checkpoint
+        )
+        self.extractor = TapExtractor(
+            backbone, device, settings.pooling, settings.precision, settings.tta
+        )
+        self.layers = list(backbone.taps)
+        self.batch_frames = settings.batch_frames
+        self.thumbnailer = _Renderer(evidence, width) if thumbnails else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from extract.pipeline import FrameBatcher
+
+        batcher = FrameBatcher(self.extractor, self.layers, self.batch_frames, self.thumbnailer)
+        ids: list[str] = []
+        results: dict[str, ClipFeatures | Failure] = {}
+        for blob in batch["item"]:
+            clip, item = pickle.loads(blob)
+            ids.append(clip.clip_id)
+            if item["ok"]:
+                item["identity"] = UNKNOWN_IDENTITY  # set by the driver
+                done = batcher.add(clip, item)
+            else:
+                done = [Failure(clip.clip_id, item["reason"])]
+            results.update((r.clip_id, r) for r in done)
+        results.update((r.clip_id, r) for r in batcher.finish())
+        jpegs = self.thumbnailer.take() if self.thumbnailer is not None else {}
+        out = [pickle.dumps((results[c], jpegs.get(c)), protocol=5) for c in ids]
+        return {"i": batch["i"], "result": np.array(out, dtype=object)}
+
+
+class _Renderer(Thumbnailer):
+    """A thumbnailer that keeps the JPEGs for the driver instead of writing files."""
+
+    def __init__(self, evidence: Any, width: int) -> None:
+        super().__init__(".", evidence, width)
+        self._jpegs: dict[str, bytes] = {}
+
+    def write(self, clips: Sequence[ClipFrames]) -> None:
+        self._jpegs.update(self.render(clips))
+
+    def take(self) -> dict[str, bytes]:
+        jpegs, self._jpegs = self._jpegs, {}
+        return jpegs
+
+
+class _ClipTimeout(BaseException):
+    """A decode ran out of time (a BaseException: the decoder's ``except Exception``, which
+    turns library errors into failed rows, must not swallow it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_ClipTimeout` in this (main) thread after ``seconds`` (SIGALRM)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _ClipTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
