@@ -77,6 +77,7 @@ demo-finetune:
 
 bench:
 	$(BIN)/python scripts/bench_features.py
+	$(BIN)/python scripts/bench_ray.py
 	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_level1.py
 	$(BIN)/python scripts/bench_report.py

@@ -19,8 +19,12 @@ from rich.text import Text
 
 
 class _RateColumn(ProgressColumn):
+    """Clips per second since the start (rich's windowed speed shows absurd rates when
+    results arrive in bursts, e.g. a Ray pipeline's first batches after its start-up)."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        elapsed = task.finished_time if task.finished else task.elapsed
+        speed = task.completed / elapsed if elapsed and task.completed else None
         return Text(f"{speed:.2f} clips/s" if speed else "- clips/s", style="progress.data.speed")
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from extract.config import FeaturesConfig
 from extract.pipeline import extract_features, failed_csv_path, parts_dir
 from extract.store import FeatureStore, StoreError
 from tests.media import audio_only, indexed_clip, truncate
 
+REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["blocks.2", "blocks.4", "blocks.6", "features"]
 WIDTHS = {"blocks.2": 40, "blocks.4": 112, "blocks.6": 320, "features": 1280}
 
@@ -273,3 +275,26 @@ def test_a_rerun_does_not_die_on_the_clip_that_killed_the_run(tmp_path: Path) ->
     store = FeatureStore(out)
     assert sorted(store.ids) == ["a.mp4", "c.mp4"]
     assert store.failed()["reason"].tolist() == ["decoder crashed (signal 11)"]
+
+
+def test_shipped_features_yaml_lists_every_setting_with_its_default() -> None:
+    shipped = yaml.safe_load((REPO / "configs" / "features.yaml").read_text(encoding="utf-8"))
+    assert shipped == FeaturesConfig().model_dump()
+
+
+def test_progress_rate_is_clips_per_second_since_the_start() -> None:
+    from rich.progress import Progress
+
+    from extract.progress import _RateColumn
+
+    now = [100.0]
+    column = _RateColumn()
+    with Progress(column, get_time=lambda: now[0], disable=True) as progress:
+        task = progress.add_task("clips", total=10)
+        assert column.render(progress.tasks[0]).plain == "- clips/s"
+        now[0] = 104.0
+        progress.advance(task, 4)  # a burst after a slow start: the rate stays honest
+        assert column.render(progress.tasks[0]).plain == "1.00 clips/s"
+        now[0] = 105.0
+        progress.advance(task, 6)
+        assert column.render(progress.tasks[0]).plain == "2.00 clips/s"
