@@ -78,8 +78,10 @@ def ray_results(
     image_size: int,
     thumbnails: Thumbnailer | None = None,
 ) -> Iterator[ClipFeatures | Failure]:
-    """Features or failures of ``todo``, in its order, made on Ray (see the module doc).
-    Identities are left unknown: the caller sets them (the clip's files as it sees them).
+    """Features or failures of ``todo``, in its order, made on Ray (see the module doc),
+    with the identities of the clips' files as this process sees them. Sets the options of
+    Ray Data's (process-wide) current ``DataContext`` that the crash rule and the clip order
+    need.
 
     Raises:
         RayEngineError: ray is not installed, the cluster cannot be reached, or the CNN
@@ -135,9 +137,23 @@ def connect(address: str | None) -> Any:
             configure_logging=False,
             runtime_env={"env_vars": env} if env else None,  # test hooks only
         )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except ray.exceptions.AuthenticationError:
+        raise RayEngineError(
+            f"Ray at {address} refused the connection: the cluster uses token authentication; "
+            "set RAY_AUTH_MODE=token and give this machine the head's ~/.ray/auth_token (or "
+            "RAY_AUTH_TOKEN), see the README's 'Running on a cluster'"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        hint = (
+            " (a head with token authentication needs RAY_AUTH_MODE=token and its token "
+            "here: see the README's 'Running on a cluster')"
+            if address
+            else ""
+        )
         where = address or "a local instance"
-        raise RayEngineError(f"cannot start or join Ray ({where}): {exc}") from None
+        raise RayEngineError(
+            f"cannot start or join Ray ({where}): {_first_line(exc)}{hint}"
+        ) from None
     finally:
         if main:  # ray.init replaces it with sys.exit; keep the run's (Ctrl-C semantics)
             signal.signal(signal.SIGTERM, sigterm)
