@@ -199,47 +199,35 @@ def _dataset(
     """The window's Ray dataset: decode tasks, then CNN actors (see the module doc)."""
     rows = [{"i": i, "clip": pickle.dumps(clip)} for i, clip in enumerate(window)]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # Ray 2.5x deprecates passing Ray Core options (max_retries, scheduling_strategy) to
+    # map_batches, with no replacement for max_retries before 2.64 (hence ray<2.64)
     with warnings.catch_warnings():
-        # Ray 2.5x deprecates passing Ray Core options (max_retries, scheduling_strategy)
-        # to map_batches, with no replacement for max_retries before 2.64 (hence ray<2.64)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _stages(ray, dataset, config, image_size, actors, gpu, thumbnails)
-
-
-def _stages(
-    ray: Any,
-    dataset: Any,
-    config: FeaturesConfig,
-    image_size: int,
-    actors: int,
-    gpu: bool,
-    thumbnails: Thumbnailer | None,
-) -> Any:
-    dataset = dataset.map_batches(
-        decode_rows,
-        batch_size=1,
-        num_cpus=1,
-        max_retries=1,  # Ray Data's default is -1: a crashing clip would be retried forever
-        fn_kwargs={"frames": config.frames, "size": image_size, "timeout": config.clip_timeout},
-    )
-    per_call = max(1, math.ceil(config.batch_frames / max(1, config.frames or 1)))
-    settings = {
-        "config": config.model_dump(),
-        "thumbnails": thumbnails is not None,
-        "evidence": thumbnails.evidence if thumbnails is not None else None,
-        "width": thumbnails.width if thumbnails is not None else 0,
-    }
-    return dataset.map_batches(
-        _bound(settings),
-        batch_size=per_call,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        # no CPU reserved: an actor per node holding one would leave a 1-CPU node no slot
-        # for the decode tasks that feed it (a deadlock); it uses the node's cores through
-        # torch threads, as the local engine's main process does
-        num_cpus=0,
-        num_gpus=1 if gpu else 0,
-        scheduling_strategy="SPREAD",
-    )
+        warnings.filterwarnings("ignore", "`ray_remote_args`", DeprecationWarning)
+        dataset = dataset.map_batches(
+            decode_rows,
+            batch_size=1,
+            num_cpus=1,
+            max_retries=1,  # Ray Data's default is -1: a crashing clip would be retried forever
+            fn_kwargs={"frames": config.frames, "size": image_size, "timeout": config.clip_timeout},
+        )
+        per_call = max(1, math.ceil(config.batch_frames / max(1, config.frames or 1)))
+        settings = {
+            "config": config.model_dump(),
+            "thumbnails": thumbnails is not None,
+            "evidence": thumbnails.evidence if thumbnails is not None else None,
+            "width": thumbnails.width if thumbnails is not None else 0,
+        }
+        return dataset.map_batches(
+            _bound(settings),
+            batch_size=per_call,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            # no CPU reserved: an actor per node holding one would leave a 1-CPU node no slot
+            # for the decode tasks that feed it (a deadlock); it uses the node's cores through
+            # torch threads, as the local engine's main process does
+            num_cpus=0,
+            num_gpus=1 if gpu else 0,
+            scheduling_strategy="SPREAD",
+        )
 
 
 def _bound(settings: dict) -> type:
