@@ -190,3 +190,15 @@ def test_engine_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
     assert "cannot start or join Ray (127.0.0.1:9)" in unreachable.stderr
+
+
+def test_photo_sequences_on_ray_equal_the_local_store(
+    ray_instance: None, photo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, data = photo_run
+    local = run.parent / "train.h5"  # made by the local engine with these settings
+    out = tmp_path / "ray.h5"
+    config = FeaturesConfig(image_size=64, workers=1, engine="ray")
+    summary = extract_features(data, out, config, show_progress=False)
+    assert summary.ok == len(FeatureStore(local).ids) and summary.failed == 0
+    _assert_same_store(out, local)
