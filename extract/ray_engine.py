@@ -2,9 +2,9 @@
 cluster (``pip install "jungle[ray]"``; ray is imported only here, only when asked for).
 
 The pipeline, one Ray dataset per window of :data:`WINDOW_CLIPS` clips (the driver's
-memory stays flat in the number of clips; a window's tail overlaps the next one's start)::
+memory stays flat in the number of clips)::
 
-    one row per clip (its position and the pickled Clip), one block per clip
+    one row per clip (its position and the pickled Clip), :data:`CLIPS_PER_BLOCK` per block
       -> decode tasks (CPU, num_cpus=1): stage 1's frame-exact decoder unchanged
          (:func:`extract.workers.decode_item`): frames subsampled and squashed to the CNN's
          input inside the task, never one row per full-resolution frame
@@ -16,10 +16,12 @@ memory stays flat in the number of clips; a window's tail overlaps the next one'
          (:func:`extract.pipeline.extract_features` writes them as for a local run)
 
 Same semantics as a local run: failed rows with the decoder's reason; the crash rule — a
-decode task whose worker process dies is retried once (``max_retries=1``); if it dies
-again its block is dropped (``max_errored_blocks=-1``) and the clip, missing from the
-output, becomes a failed row :data:`CRASH_REASON`; a CNN actor that dies is restarted by
-Ray Data and its batch run again, so no clip is lost. A clip whose decode takes longer than
+block whose decode worker dies is dropped (``max_retries=0``, ``max_errored_blocks=-1``);
+after the window, its clips run again one per block (the clip that crashed is retried on
+its own, the innocent clips of its block just succeed) with one retry (``max_retries=1``);
+a clip that kills its worker in both tries is a failed row :data:`CRASH_REASON`, and
+comes after the window's other rows. A CNN actor that dies is restarted by Ray Data and
+its batch run again, so no clip is lost. A clip whose decode takes longer than
 ``clip_timeout`` seconds fails with a timeout (checked between Python calls: a decoder stuck
 inside C code is caught by the crash rule only if it dies). Interruption and resume are the
 store's: finished clips are in shards on this machine, a rerun skips them.
@@ -40,7 +42,7 @@ import signal
 import socket
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,8 +59,12 @@ log = logging.getLogger(__name__)
 
 #: the values of ``--engine`` (:attr:`extract.config.FeaturesConfig.engine`).
 ENGINES = ("local", "ray")
-#: clips per Ray dataset (one block each; bounds the driver's bookkeeping).
-WINDOW_CLIPS = 2048
+#: clips per Ray dataset (bounds the driver's bookkeeping; each window starts its CNN actors
+#: anew, a few seconds).
+WINDOW_CLIPS = 16384
+#: clips per block of the decode stage: Ray Data costs about 9 ms of scheduling per block
+#: on the 2-core machine (110 single-clip blocks/s at most), too close to a GPU's rate.
+CLIPS_PER_BLOCK = 8
 #: niceness of decode tasks: they fill the gaps of the CNN's threads instead of preempting
 #: them (extract.workers measured 0.73 of the bound on 2 cores with equal priority).
 DECODE_NICENESS = 10
@@ -105,7 +111,12 @@ def ray_results(
     for start in range(0, len(todo), WINDOW_CLIPS):
         window = list(todo[start : start + WINDOW_CLIPS])
         dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails)
-        yield from _collect(window, dataset, thumbnails)
+        lost = yield from _collect(window, dataset, thumbnails, all_lost_is_error=True)
+        if lost:  # blocks whose worker died: their clips again, one per block
+            log.warning("%d clips were in blocks whose worker died: retrying each alone", len(lost))
+            alone = _dataset(ray, lost, config, image_size, actors, gpu, thumbnails, isolate=True)
+            for clip in (yield from _collect(lost, alone, thumbnails)):
+                yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
 
 
 def connect(address: str | None) -> Any:
@@ -195,10 +206,14 @@ def _dataset(
     actors: int,
     gpu: bool,
     thumbnails: Thumbnailer | None,
+    isolate: bool = False,
 ) -> Any:
-    """The window's Ray dataset: decode tasks, then CNN actors (see the module doc)."""
+    """The window's Ray dataset: decode tasks, then CNN actors (see the module doc). With
+    ``isolate``, one clip per block and one retry (the crash rule's second pass), else
+    :data:`CLIPS_PER_BLOCK` clips per block and no retry."""
     rows = [{"i": i, "clip": pickle.dumps(clip)} for i, clip in enumerate(window)]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    blocks = len(rows) if isolate else math.ceil(len(rows) / CLIPS_PER_BLOCK)
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
     # Ray 2.5x deprecates passing Ray Core options (max_retries, scheduling_strategy) to
     # map_batches, with no replacement for max_retries before 2.64 (hence ray<2.64)
     with warnings.catch_warnings():
@@ -207,7 +222,8 @@ def _dataset(
             decode_rows,
             batch_size=1,
             num_cpus=1,
-            max_retries=1,  # Ray Data's default is -1: a crashing clip would be retried forever
+            # Ray Data's default is -1: a crashing clip would be retried forever
+            max_retries=1 if isolate else 0,
             fn_kwargs={"frames": config.frames, "size": image_size, "timeout": config.clip_timeout},
         )
         per_call = max(1, math.ceil(config.batch_frames / max(1, config.frames or 1)))
@@ -242,13 +258,21 @@ def _bound(settings: dict) -> type:
 
 
 def _collect(
-    window: list[Clip], dataset: Any, thumbnails: Thumbnailer | None
-) -> Iterator[ClipFeatures | Failure]:
-    """The window's rows in clip order; clips missing from the output (dropped after their
-    worker died twice) become failures."""
+    window: list[Clip],
+    dataset: Any,
+    thumbnails: Thumbnailer | None,
+    all_lost_is_error: bool = False,
+) -> Generator[ClipFeatures | Failure, None, list[Clip]]:
+    """Yield the window's rows (in clip order); return the clips missing from the output
+    (their block was dropped because its worker died).
+
+    Raises:
+        RayEngineError: the pipeline failed, or (``all_lost_is_error``) no clip of a window
+            of several came back (a broken pipeline, not a bad clip).
+    """
     from ray.exceptions import RayError
 
-    expected = 0
+    seen = np.zeros(len(window), dtype=bool)
     rows = iter(dataset.iter_rows())
     while True:
         try:
@@ -258,25 +282,18 @@ def _collect(
         except RayError as exc:
             raise RayEngineError(f"the Ray pipeline failed: {_first_line(exc)}") from None
         i = int(row["i"])
-        for missing in range(expected, i):
-            yield _crashed(window[missing])
-        expected = i + 1
+        seen[i] = True
         result, jpeg = pickle.loads(row["result"])
         result.identity = clip_identity(window[i])
         if jpeg is not None and thumbnails is not None:
             thumbnails.save(result.clip_id, jpeg)
         yield result
-    if expected == 0 and len(window) > 1:
+    if all_lost_is_error and not seen.any() and len(window) > CLIPS_PER_BLOCK:
         raise RayEngineError(
             f"no clip of {len(window)} came back from the Ray pipeline (see the Ray logs, "
             "e.g. /tmp/ray/session_latest/logs)"
         )
-    for missing in range(expected, len(window)):
-        yield _crashed(window[missing])
-
-
-def _crashed(clip: Clip) -> Failure:
-    return Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
+    return [clip for clip, ok in zip(window, seen, strict=True) if not ok]
 
 
 def decode_rows(

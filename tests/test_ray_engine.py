@@ -80,7 +80,8 @@ def test_ray_equals_local_on_real_clips_and_broken_files(
     a, b = FeatureStore(local), FeatureStore(ray)
     assert summary.ok == 19 and summary.failed == 3
     # the crashing clip (only Ray's workers have the hook) is the one difference
-    assert b.ids == [i for i in a.ids if i != f"{CRASHER}.mp4"]
+    # (the crasher's block mates were run again after the others: same rows, other order)
+    assert sorted(b.ids) == sorted(i for i in a.ids if i != f"{CRASHER}.mp4")
     keep = [a.ids.index(i) for i in b.ids]
     np.testing.assert_allclose(
         a.features(rows=keep).astype(np.float32), b.features().astype(np.float32), atol=1e-3
