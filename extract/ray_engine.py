@@ -65,6 +65,8 @@ WINDOW_CLIPS = 16384
 #: clips per block of the decode stage: Ray Data costs about 9 ms of scheduling per block
 #: on the 2-core machine (110 single-clip blocks/s at most), too close to a GPU's rate.
 CLIPS_PER_BLOCK = 8
+#: Ray Data's target size of an output block (smaller than one decoded clip).
+OUTPUT_BLOCK_BYTES = 1 << 20
 #: niceness of decode tasks: they fill the gaps of the CNN's threads instead of preempting
 #: them (extract.workers measured 0.73 of the bound on 2 cores with equal priority).
 DECODE_NICENESS = 10
@@ -100,6 +102,9 @@ def ray_results(
     context.max_errored_blocks = -1  # a clip that crashed twice is dropped, not the run
     context.execution_options.preserve_order = True  # rows come back in clip order
     context.enable_progress_bars = False  # the run has its own bar
+    # a decoded clip (MBs) closes its output block: the CNN gets each clip as soon as it is
+    # decoded instead of when its whole input block is
+    context.target_max_block_size = OUTPUT_BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     actors, gpu = _cnn_actors(ray, config)
     log.info(
