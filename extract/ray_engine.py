@@ -89,7 +89,7 @@ def ray_results(
     """Features or failures of ``todo``, in its order, made on Ray (see the module doc),
     with the identities of the clips' files as this process sees them. Sets the options of
     Ray Data's (process-wide) current ``DataContext`` that the crash rule and the clip order
-    need.
+    need, for the duration of the run.
 
     Raises:
         RayEngineError: ray is not installed, the cluster cannot be reached, or the CNN
@@ -98,13 +98,16 @@ def ray_results(
     ray = connect(config.ray_address)
     from ray.data import DataContext
 
-    context = DataContext.get_current()
-    context.max_errored_blocks = -1  # a clip that crashed twice is dropped, not the run
-    context.execution_options.preserve_order = True  # rows come back in clip order
-    context.enable_progress_bars = False  # the run has its own bar
-    # a decoded clip (MBs) closes its output block: the CNN gets each clip as soon as it is
-    # decoded instead of when its whole input block is
-    context.target_max_block_size = OUTPUT_BLOCK_BYTES
+    context = DataContext.get_current()  # process-wide: our settings are undone at the end
+    settings = {
+        "max_errored_blocks": -1,  # a clip that crashed twice is dropped, not the run
+        "enable_progress_bars": False,  # the run has its own bar
+        # a decoded clip (MBs) closes its output block: the CNN gets each clip as soon as it
+        # is decoded instead of when its whole input block is
+        "target_max_block_size": OUTPUT_BLOCK_BYTES,
+    }
+    previous = {name: getattr(context, name) for name in settings}
+    previous_order = context.execution_options.preserve_order
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     actors, gpu = _cnn_actors(ray, config)
     log.info(
@@ -113,15 +116,25 @@ def ray_results(
         "GPUs" if gpu else "CPUs",
         int(ray.cluster_resources().get("CPU", 0)),
     )
-    for start in range(0, len(todo), WINDOW_CLIPS):
-        window = list(todo[start : start + WINDOW_CLIPS])
-        dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails)
-        lost = yield from _collect(window, dataset, thumbnails, all_lost_is_error=True)
-        if lost:  # blocks whose worker died: their clips again, one per block
-            log.warning("%d clips were in blocks whose worker died: retrying each alone", len(lost))
-            alone = _dataset(ray, lost, config, image_size, actors, gpu, thumbnails, isolate=True)
-            for clip in (yield from _collect(lost, alone, thumbnails)):
-                yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
+    for name, value in settings.items():
+        setattr(context, name, value)
+    context.execution_options.preserve_order = True  # rows come back in clip order
+    try:
+        for start in range(0, len(todo), WINDOW_CLIPS):
+            window = list(todo[start : start + WINDOW_CLIPS])
+            dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails)
+            lost = yield from _collect(window, dataset, thumbnails, all_lost_is_error=True)
+            if lost:  # blocks whose worker died: their clips again, one per block
+                log.warning("%d clips were in blocks whose worker died: retrying alone", len(lost))
+                alone = _dataset(
+                    ray, lost, config, image_size, actors, gpu, thumbnails, isolate=True
+                )
+                for clip in (yield from _collect(lost, alone, thumbnails)):
+                    yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
+    finally:
+        for name, value in previous.items():
+            setattr(context, name, value)
+        context.execution_options.preserve_order = previous_order
 
 
 def connect(address: str | None) -> Any:

@@ -75,7 +75,11 @@ def test_ray_equals_local_on_real_clips_and_broken_files(
     indexed_clip(videos / f"{CRASHER}.mp4", 20)
     local, ray = tmp_path / "local.h5", tmp_path / "ray.h5"
     extract_features(videos, local, small_config, show_progress=False)
+    from ray.data import DataContext
+
+    before = DataContext.get_current().max_errored_blocks
     summary = extract_features(videos, ray, _ray(small_config), show_progress=False)
+    assert DataContext.get_current().max_errored_blocks == before  # Ray's context restored
 
     a, b = FeatureStore(local), FeatureStore(ray)
     assert summary.ok == 19 and summary.failed == 3
