@@ -138,8 +138,9 @@ def ray_results(
 
 
 def connect(address: str | None) -> Any:
-    """The ``ray`` module, connected: to ``address`` when given, else to the instance this
-    process already joined, else a new local instance on this machine.
+    """The ``ray`` module, connected: to the instance this process already joined, else to
+    ``address`` when given (``auto``: the cluster ``ray start`` made on this machine, or
+    ``RAY_ADDRESS``), else to a new private instance on this machine.
 
     Raises:
         RayEngineError: ray is not installed, or the address cannot be reached.
@@ -159,7 +160,9 @@ def connect(address: str | None) -> Any:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(
-            address=address,
+            # "local": a private instance even where `ray start` ran or RAY_ADDRESS is set
+            # (ray.init() would join those); --ray-address auto asks for that
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
