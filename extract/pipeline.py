@@ -175,7 +175,9 @@ def extract_features(
         log.info("shard %d/%d: %d clips", *shard, len(clips))
     if not out.parent.is_dir():
         raise StoreError(f"{out.parent}: no such folder for --out")
-    device = resolve_device(config.device)
+    # the Ray engine's CNN runs on the cluster's nodes (each resolves the device itself):
+    # this machine needs no GPU for --device cuda
+    device = resolve_device(config.device) if config.engine == "local" else torch.device("cpu")
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size
     extraction = _extraction(backbone, config, image_size)
@@ -202,7 +204,8 @@ def extract_features(
         loop_started = time.perf_counter()
         if todo:
             parts.mkdir(parents=True, exist_ok=True)
-            _decode_device_note(device)
+            if config.engine == "local":
+                _decode_device_note(device)
             processed = _process(
                 todo, backbone, config, device, image_size, parts, attrs, show_progress, thumbnails
             )

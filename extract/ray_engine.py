@@ -213,6 +213,11 @@ def _reachable(address: str) -> None:
 def _cnn_actors(ray: Any, config: FeaturesConfig) -> tuple[int, bool]:
     """How many CNN actors, and whether each takes a GPU."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    if config.device.startswith("cuda") and not gpus:
+        raise RayEngineError(
+            f"--device {config.device}: the Ray cluster has no GPU (`ray status` lists its "
+            "resources)"
+        )
     if gpus and config.device != "cpu":
         return gpus, True
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
