@@ -220,9 +220,9 @@ def merge(
 
 
 def _register() -> None:
-    """Commands of the later stages, defined next to their code."""
-    from pool.cli import train_level1_command
-    from pool.finetune import finetune_command
+    """Commands of the later stages, defined next to their code (modules that import their
+    library code only when a command runs: ``jungle features`` loads no level-1/2 code)."""
+    from pool.cli import finetune_command, train_level1_command
     from stack.cli import evaluate_command, predict_command, report_command, train_level2_command
 
     app.command("train-level1")(train_level1_command)

@@ -1,7 +1,10 @@
-"""``jungle train-level1``: a thin command over :func:`pool.run.train_level1`.
+"""``jungle train-level1`` and ``jungle finetune``: thin commands over
+:func:`pool.run.train_level1` and :func:`pool.finetune.finetune`.
 
-Registered in :mod:`jungle.cli` with ``app.command("train-level1")(train_level1_command)``.
-User errors print one red line on stderr and exit with code 2.
+Registered in :mod:`jungle.cli` with ``app.command("train-level1")(train_level1_command)``
+and ``app.command("finetune")(finetune_command)``. User errors print one red line on stderr
+and exit with code 2. Each command imports its library code (torch and the models) when it
+runs, so that building the command line stays light.
 """
 
 import json
@@ -13,9 +16,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pool.config import Level1Error, load_config
-from pool.metrics import metrics_table
-from pool.run import train_level1
+from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
 
 
 def _setup_logging(console: Console, verbose: bool) -> None:
@@ -98,6 +99,10 @@ def train_level1_command(
     """
     err = Console(stderr=True)
     _setup_logging(err, verbose)
+    from pool.config import Level1Error, load_config
+    from pool.metrics import metrics_table
+    from pool.run import train_level1
+
     overrides = {
         "features": [str(p) for p in features] if features else None,
         "labels": str(labels) if labels is not None else None,
@@ -125,3 +130,166 @@ def train_level1_command(
         f", {metrics['skipped']} label rows skipped (skipped.csv)" if metrics["skipped"] else ""
     )
     err.print(f"[bold green]done[/]: {metrics['clips']} clips, run in {out}{skipped}")
+
+
+def finetune_command(
+    videos: Annotated[
+        Path | None,
+        typer.Option(help="Folder of videos or CSV manifest (the one `jungle features` reads)."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Labels CSV: 'filepath,label' or 'filepath' + one 0/1 column per class."),
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Run directory (folds.csv, finetune/ are written there).")
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="Backbone registry name (default: efficientnet_lite0).")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Local weights file for backbones other than the default.")
+    ] = None,
+    fold: Annotated[
+        int | None,
+        typer.Option(help="Train on fold K's training part only (default: all clips, see docs)."),
+    ] = None,
+    folds_csv: Annotated[
+        Path | None, typer.Option(help="folds.csv to use (default: RUN/folds.csv, else made).")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="k when folds.csv is made here (default: 5).")
+    ] = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="Labels column of groups (e.g. site), for new folds.")
+    ] = None,
+    group_by_folder: Annotated[
+        bool | None,
+        typer.Option(
+            "--group-by-folder/--no-group-by-folder",
+            help="Group clips by parent folder, for new folds (default: no).",
+        ),
+    ] = None,
+    skip_missing: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-missing/--no-skip-missing",
+            help="Skip label rows that match no video (default: error).",
+        ),
+    ] = None,
+    frames_per_clip: Annotated[
+        int | None, typer.Option(help="Frames decoded per clip (default: 8).")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Frame side in pixels (default: the backbone's).")
+    ] = None,
+    epochs_head: Annotated[
+        int | None, typer.Option(help="Epochs of the head alone (default: 2).")
+    ] = None,
+    epochs_full: Annotated[
+        int | None, typer.Option(help="Epochs of the whole network (default: 6).")
+    ] = None,
+    lr_head: Annotated[
+        float | None, typer.Option(help="Head learning rate (default: 1e-3).")
+    ] = None,
+    lr_full: Annotated[
+        float | None, typer.Option(help="Network learning rate (default: 1e-4).")
+    ] = None,
+    unfreeze_from: Annotated[
+        str | None,
+        typer.Option(help="Train only from this module on, e.g. blocks.4 (default: all)."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Frames per step (default: 32).")] = None,
+    shuffle_frames: Annotated[
+        int | None,
+        typer.Option(help="Frames held to mix batches across clips (default: 512)."),
+    ] = None,
+    balanced: Annotated[
+        bool | None,
+        typer.Option("--balanced/--no-balanced", help="Class-balanced sampling (default: no)."),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment", help="Flip, crop, brightness/contrast (default: yes)."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: 0).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: auto).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoder processes, decoding while training (default: 2).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML settings (see configs/finetune.yaml).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing checkpoint of this backbone and fold.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar while checking the clips.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Fine-tune a backbone into a frame classifier; save it for `jungle features --checkpoint`.
+
+    To keep level-1 out-of-fold predictions honest, fine-tune one backbone per fold
+    (--fold K) and extract one feature store per fold. Exit code 0 on success, 2 for
+    invalid input or settings.
+    """
+    err = stderr_console()
+    setup_logging(err, verbose)
+    from extract.backbones import BackboneError
+    from extract.discover import DiscoveryError
+    from pool.config import Level1Error
+    from pool.finetune import FinetuneError, finetune, load_config
+
+    overrides = {
+        "videos": str(videos) if videos is not None else None,
+        "labels": str(labels) if labels is not None else None,
+        "run": str(run) if run is not None else None,
+        "backbone": backbone,
+        "weights": weights,
+        "fold": fold,
+        "folds_csv": str(folds_csv) if folds_csv is not None else None,
+        "folds": folds,
+        "group_column": group_column,
+        "group_by_folder": group_by_folder,
+        "skip_missing": skip_missing,
+        "frames_per_clip": frames_per_clip,
+        "image_size": image_size,
+        "epochs_head": epochs_head,
+        "epochs_full": epochs_full,
+        "lr_head": lr_head,
+        "lr_full": lr_full,
+        "unfreeze_from": unfreeze_from,
+        "batch_size": batch_size,
+        "shuffle_frames": shuffle_frames,
+        "balanced": balanced,
+        "augment": augment,
+        "seed": seed,
+        "device": device,
+        "threads": threads,
+        "workers": workers,
+    }
+    sigterm_as_interrupt()
+    try:
+        cfg = load_config(config, overrides)
+        out = finetune(cfg, overwrite=overwrite, show_progress=progress)
+    except (FinetuneError, Level1Error, BackboneError, DiscoveryError) as exc:
+        raise fail(err, str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was saved.", soft_wrap=True)
+        raise typer.Exit(130) from None
+    summary = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    held = summary["held_out"]
+    scores = f", held-out clip log loss {held['clip_log_loss']:.4f}" if held is not None else ""
+    err.print(
+        f"[bold green]done[/] in {summary['seconds']:.0f} s: {out} (final train loss "
+        f"{summary['final_train_loss']:.4f}{scores}); use it with `jungle features VIDEOS "
+        f"--checkpoint {out} --out FEATURES.h5`",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -74,7 +74,8 @@ global torch RNG is forked, so callers' random state is untouched).
 The code lives in :mod:`pool.finetune_config` (settings), :mod:`pool.finetune_inputs`
 (labels, folds), :mod:`pool.finetune_frames` (decoding, epochs, shuffle buffer) and
 :mod:`pool.finetune_train` (augmentation, phases, scoring); this module runs them and
-re-exports their public names.
+re-exports their public names. The command, ``finetune_command``, is defined in
+:mod:`pool.cli` so that the command line is built without torch.
 """
 
 from __future__ import annotations
@@ -83,16 +84,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-import typer
 
-from extract.backbones import BackboneError, build_backbone, reset_head, save_checkpoint
-from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
-from extract.discover import DiscoveryError
-from pool.config import Level1Error
+from extract.backbones import build_backbone, reset_head, save_checkpoint
 from pool.finetune_config import FinetuneConfig, FinetuneError, checkpoint_path, load_config
 from pool.finetune_frames import (
     EVAL_BATCH,
@@ -132,7 +128,6 @@ __all__ = [
     "epoch_clips",
     "eval_batches",
     "finetune",
-    "finetune_command",
     "fold_split",
     "held_out_scores",
     "init_head",
@@ -285,164 +280,3 @@ def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: boo
     summary_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     log.info("saved %s (summary %s)", out, summary_path.name)
     return out
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def finetune_command(
-    videos: Annotated[
-        Path | None,
-        typer.Option(help="Folder of videos or CSV manifest (the one `jungle features` reads)."),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="Labels CSV: 'filepath,label' or 'filepath' + one 0/1 column per class."),
-    ] = None,
-    run: Annotated[
-        Path | None, typer.Option(help="Run directory (folds.csv, finetune/ are written there).")
-    ] = None,
-    backbone: Annotated[
-        str | None, typer.Option(help="Backbone registry name (default: efficientnet_lite0).")
-    ] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="Local weights file for backbones other than the default.")
-    ] = None,
-    fold: Annotated[
-        int | None,
-        typer.Option(help="Train on fold K's training part only (default: all clips, see docs)."),
-    ] = None,
-    folds_csv: Annotated[
-        Path | None, typer.Option(help="folds.csv to use (default: RUN/folds.csv, else made).")
-    ] = None,
-    folds: Annotated[
-        int | None, typer.Option(help="k when folds.csv is made here (default: 5).")
-    ] = None,
-    group_column: Annotated[
-        str | None, typer.Option(help="Labels column of groups (e.g. site), for new folds.")
-    ] = None,
-    group_by_folder: Annotated[
-        bool | None,
-        typer.Option(
-            "--group-by-folder/--no-group-by-folder",
-            help="Group clips by parent folder, for new folds (default: no).",
-        ),
-    ] = None,
-    skip_missing: Annotated[
-        bool | None,
-        typer.Option(
-            "--skip-missing/--no-skip-missing",
-            help="Skip label rows that match no video (default: error).",
-        ),
-    ] = None,
-    frames_per_clip: Annotated[
-        int | None, typer.Option(help="Frames decoded per clip (default: 8).")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Frame side in pixels (default: the backbone's).")
-    ] = None,
-    epochs_head: Annotated[
-        int | None, typer.Option(help="Epochs of the head alone (default: 2).")
-    ] = None,
-    epochs_full: Annotated[
-        int | None, typer.Option(help="Epochs of the whole network (default: 6).")
-    ] = None,
-    lr_head: Annotated[
-        float | None, typer.Option(help="Head learning rate (default: 1e-3).")
-    ] = None,
-    lr_full: Annotated[
-        float | None, typer.Option(help="Network learning rate (default: 1e-4).")
-    ] = None,
-    unfreeze_from: Annotated[
-        str | None,
-        typer.Option(help="Train only from this module on, e.g. blocks.4 (default: all)."),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Frames per step (default: 32).")] = None,
-    shuffle_frames: Annotated[
-        int | None,
-        typer.Option(help="Frames held to mix batches across clips (default: 512)."),
-    ] = None,
-    balanced: Annotated[
-        bool | None,
-        typer.Option("--balanced/--no-balanced", help="Class-balanced sampling (default: no)."),
-    ] = None,
-    augment: Annotated[
-        bool | None,
-        typer.Option(
-            "--augment/--no-augment", help="Flip, crop, brightness/contrast (default: yes)."
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: 0).")] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: auto).")
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Decoder processes, decoding while training (default: 2).")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings (see configs/finetune.yaml).")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing checkpoint of this backbone and fold.")
-    ] = False,
-    progress: Annotated[
-        bool, typer.Option(help="Show a progress bar while checking the clips.")
-    ] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-) -> None:
-    """Fine-tune a backbone into a frame classifier; save it for `jungle features --checkpoint`.
-
-    To keep level-1 out-of-fold predictions honest, fine-tune one backbone per fold
-    (--fold K) and extract one feature store per fold. Exit code 0 on success, 2 for
-    invalid input or settings.
-    """
-    err = stderr_console()
-    setup_logging(err, verbose)
-    overrides = {
-        "videos": str(videos) if videos is not None else None,
-        "labels": str(labels) if labels is not None else None,
-        "run": str(run) if run is not None else None,
-        "backbone": backbone,
-        "weights": weights,
-        "fold": fold,
-        "folds_csv": str(folds_csv) if folds_csv is not None else None,
-        "folds": folds,
-        "group_column": group_column,
-        "group_by_folder": group_by_folder,
-        "skip_missing": skip_missing,
-        "frames_per_clip": frames_per_clip,
-        "image_size": image_size,
-        "epochs_head": epochs_head,
-        "epochs_full": epochs_full,
-        "lr_head": lr_head,
-        "lr_full": lr_full,
-        "unfreeze_from": unfreeze_from,
-        "batch_size": batch_size,
-        "shuffle_frames": shuffle_frames,
-        "balanced": balanced,
-        "augment": augment,
-        "seed": seed,
-        "device": device,
-        "threads": threads,
-        "workers": workers,
-    }
-    sigterm_as_interrupt()
-    try:
-        cfg = load_config(config, overrides)
-        out = finetune(cfg, overwrite=overwrite, show_progress=progress)
-    except (FinetuneError, Level1Error, BackboneError, DiscoveryError) as exc:
-        raise fail(err, str(exc)) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] nothing was saved.", soft_wrap=True)
-        raise typer.Exit(130) from None
-    summary = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
-    held = summary["held_out"]
-    scores = f", held-out clip log loss {held['clip_log_loss']:.4f}" if held is not None else ""
-    err.print(
-        f"[bold green]done[/] in {summary['seconds']:.0f} s: {out} (final train loss "
-        f"{summary['final_train_loss']:.4f}{scores}); use it with `jungle features VIDEOS "
-        f"--checkpoint {out} --out FEATURES.h5`",
-        highlight=False,
-        soft_wrap=True,
-    )

@@ -1,5 +1,11 @@
-"""``jungle train-level2``, ``jungle predict`` and ``jungle evaluate`` (thin commands over
-:mod:`stack.train`, :mod:`stack.predict` and :mod:`stack.evaluate`)."""
+"""``jungle train-level2``, ``jungle predict``, ``jungle evaluate`` and ``jungle report``
+(thin commands over :mod:`stack.train`, :mod:`stack.predict`, :mod:`stack.evaluate` and
+:mod:`stack.report`).
+
+Only what the options need is imported here; each command imports its library code when it
+runs, so that ``jungle features`` and ``--help`` never load LightGBM, XGBoost or the level-1
+and level-2 code.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,30 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from extract.backbones import BackboneError
-from extract.config import ConfigError
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
-from extract.discover import DiscoveryError
-from extract.ray_engine import RayEngineError
 from extract.sequences import DEFAULT_SEQUENCE_GAP
-from extract.store import StoreError
-from pool.config import Level1Error
-from pool.metrics import metrics_table
-from stack.boost import BoostParams
-from stack.evaluate import evaluation, match_predictions, report_tables, save_plots
-from stack.predict import CamtrapRequest, predict
-from stack.report import PAGE_SIZES, write_report
-from stack.train import Level2Error, train_level2
+from stack.report_options import PAGE_SIZES
 
-USER_ERRORS = (
-    Level2Error,
-    Level1Error,
-    DiscoveryError,
-    BackboneError,
-    StoreError,
-    ConfigError,
-    RayEngineError,
-)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors of invalid input or settings, printed as one line (exit code 2)."""
+    from extract.backbones import BackboneError
+    from extract.config import ConfigError
+    from extract.discover import DiscoveryError
+    from extract.ray_engine import RayEngineError
+    from extract.store import StoreError
+    from pool.config import Level1Error
+    from stack.train import Level2Error
+
+    return (
+        Level2Error,
+        Level1Error,
+        DiscoveryError,
+        BackboneError,
+        StoreError,
+        ConfigError,
+        RayEngineError,
+    )
 
 
 def train_level2_command(
@@ -55,11 +61,16 @@ def train_level2_command(
     metadata (and level-1 probabilities); print every OOF score."""
     err = stderr_console()
     setup_logging(err, verbose)
+    from pool.metrics import metrics_table
+    from stack.boost import BoostParams
+    from stack.train import Level2Error, train_level2
+
+    errors = user_errors()
     try:
         if select not in ("overall", "class"):
             raise Level2Error(f"--select must be 'overall' or 'class', not {select!r}")
         scores = train_level2(run, BoostParams(threads=threads), seed=seed, select=select)
-    except USER_ERRORS as exc:
+    except errors as exc:
         raise fail(err, str(exc)) from None
     err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))
     err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)
@@ -143,6 +154,10 @@ def predict_command(
     """
     err = stderr_console()
     setup_logging(err, verbose)
+    from stack.predict import CamtrapRequest, predict
+    from stack.train import Level2Error
+
+    errors = user_errors()
     sigterm_as_interrupt()
     try:
         camtrap = None
@@ -172,7 +187,7 @@ def predict_command(
             sequence_gap=sequence_gap,
             show_progress=progress,
         )
-    except USER_ERRORS as exc:
+    except errors as exc:
         raise fail(err, str(exc)) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted:[/] run the same command again to resume.")
@@ -203,9 +218,12 @@ def evaluate_command(
     per-class precision/recall and the blank-removal curve as PNG files
     (PREDICTIONS.confusion.png, .per_class.png, .blank_removal.png)."""
     err = stderr_console()
+    from stack.evaluate import evaluation, match_predictions, report_tables, save_plots
+
+    errors = user_errors()
     try:
         matched = match_predictions(predictions, labels)
-    except (*USER_ERRORS, FileNotFoundError) as exc:
+    except (*errors, FileNotFoundError) as exc:
         raise fail(err, str(exc)) from None
     result = evaluation(matched)
     out = Console()
@@ -249,9 +267,12 @@ def report_command(
     thumbnails go in OUT_files/ beside the page."""
     err = stderr_console()
     setup_logging(err, False)
+    from stack.report import write_report
+
+    errors = user_errors()
     try:
         summary = write_report(predictions, out, run=run, labels=labels, page_size=page_size)
-    except (*USER_ERRORS, OSError) as exc:
+    except (*errors, OSError) as exc:
         raise fail(err, str(exc)) from None
     err.print(
         f"[bold green]report[/] {summary.out}: {summary.clips} clips "

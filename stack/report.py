@@ -38,12 +38,11 @@ from stack.evaluate import match_predictions, score_matched
 from stack.formats import with_filepath
 from stack.plots import blank_curve, confusion, figures, png_bytes
 from stack.predict import thumbnails_dir
+from stack.report_options import PAGE_SIZES
 from stack.train import Level2Error
 
 log = logging.getLogger(__name__)
 
-#: the page sizes offered (cards per page); the largest bounds what a page renders.
-PAGE_SIZES: tuple[int, ...] = (24, 60, 120, 240)
 #: the file that marks a report's image folder (only such a folder is ever replaced).
 MARKER = ".jungle-report"
 #: failed clips listed in the page (all of them are in the predictions CSV).

@@ -22,6 +22,7 @@ from extract.config import FeaturesConfig
 from extract.features import TapExtractor
 from extract.pipeline import extract_features
 from extract.store import FeatureStore, read_extraction
+from pool.cli import finetune_command
 from pool.finetune import (
     EVAL_BATCH,
     FinetuneConfig,
@@ -31,7 +32,6 @@ from pool.finetune import (
     ShuffleBuffer,
     epoch_clips,
     finetune,
-    finetune_command,
     fold_split,
     held_out_scores,
     match_clips,
