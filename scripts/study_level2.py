@@ -3,9 +3,10 @@
 Each SET is a folder holding ``features.h5`` (``jungle features``) and a labels CSV with a
 ``site`` column (``scripts/make_demo_data.py`` writes one). For each set: level 1 is trained
 with folds grouped by site (every model, default settings; skipped when ``SET/run`` is
-already trained), then level 2 with the default choice (``overall``), with ``--select
-class``, with no standard-error margin (``se_factor`` 0), and restricted to each single
-candidate, to show what the inner choice gains.
+already trained), then level 2 with the default mixture (one set of weights, ``overall``),
+with ``--select class`` (weights per class), with no standard-error margin on the boosting
+rounds (``se_factor`` 0), and restricted to each single candidate, to show what the mixture
+gains. ``chosen`` is each candidate's mean weight.
 Prints one markdown table of OOF log losses (and blank accuracy) per set.
 
 Example (the sets of the issue-10 study, with every figure: docs/level2.md)::

@@ -1,5 +1,5 @@
 """The level-2 candidates: ways to turn level-1 OOF probabilities (and metadata) into one
-probability per class. :class:`stack.stacker.Stacker` picks among them by inner
+probability per class. :class:`stack.stacker.Stacker` mixes them, weighted by inner
 cross-validation.
 
 Every candidate is an estimator over a level-2 input frame ``X`` (:func:`stack_inputs`:

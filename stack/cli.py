@@ -49,19 +49,20 @@ def train_level2_command(
     select: Annotated[
         str,
         typer.Option(
-            help="Choose the level-2 method by inner cross-validation 'overall' (one for "
-            "every class) or per 'class'."
+            help="Mixture weights of the level-2 candidates, by inner cross-validation: "
+            "'overall' (one set for every class) or per 'class'."
         ),
     ] = "overall",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Train the level-2 stacker on the run's folds: per fold it chooses, by inner
-    cross-validation, the mean of the level-1 logits with the best model counted twice, their
-    plain mean, the best model, a logistic blend, or the blend plus LightGBM + XGBoost on
-    metadata (and level-1 probabilities); print every OOF score."""
+    """Train the level-2 stacker on the run's folds: per fold, a weighted mean (weights by
+    inner cross-validation) of the mean of the level-1 logits with the best model counted
+    twice, their plain mean, the best model, a logistic blend, and the blend plus LightGBM +
+    XGBoost on metadata (and level-1 probabilities); print every OOF score and the weights."""
     err = stderr_console()
     setup_logging(err, verbose)
     from pool.metrics import metrics_table
+    from pool.rundir import Run
     from stack.boost import BoostParams
     from stack.train import Level2Error, train_level2
 
@@ -73,6 +74,12 @@ def train_level2_command(
     except errors as exc:
         raise fail(err, str(exc)) from None
     err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))
+    weights = Run(run).metrics()["level2"]["chosen"]
+    err.print(
+        "level-2 mixture weights (mean over folds and classes): "
+        + ", ".join(f"{name} {w:.2f}" for name, w in weights.items()),
+        highlight=False,
+    )
     err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)
 
 

@@ -1,32 +1,31 @@
-"""``Stacker``: the level-2 estimator, which picks its own method by inner cross-validation.
+"""``Stacker``: the level-2 estimator, a convex mixture of candidates weighted by inner
+cross-validation.
 
 ``fit(X, y, groups)`` on a fold's training part only:
 
 1. split the rows into inner folds: one per group (``train_level2`` gives each clip its
    level-1 fold as group, so an inner fold is one level-1 fold model's OOF predictions, as
-   the held-out fold is another model's: the choice sees the shift between fold models
+   the held-out fold is another model's: the weights see the shift between fold models
    that a held-out fold will show), else ``inner_folds`` stratified, grouped folds;
 2. get the inner out-of-fold probabilities of every candidate of :mod:`stack.candidates`
    (:func:`pool.oof.cross_fit`), at every stage (boosting rounds) of the tree candidates;
-3. choose, by inner OOF log loss: with ``select="overall"`` (the default) one candidate for
-   every class (a tree candidate's rounds still per class); with ``select="class"`` the
-   candidate and rounds of each class separately. Rounds: per candidate and class, the
-   fewest whose mean inner loss is within ``se_factor`` standard errors (of the per-clip
-   loss difference) of the lowest. Candidate: walking the candidates simplest first (the
-   order of :data:`~stack.candidates.CANDIDATES`, starting from ``hedge``: the mean of the
-   level-1 logits with the best model counted twice), a more complex one replaces the
-   current one only when its inner loss is lower by more than ``se_factor`` standard errors
-   *and* lower in every inner fold (:func:`consistent_choice`). Level-1 fold models can
-   differ a lot on small data, and a blend learnt on some of them often does not carry over
-   to another: a candidate must win clearly and consistently to be taken;
-4. choose the per-class clipping bounds on the chosen inner OOF probabilities
+3. per candidate and class, the rounds: the fewest whose mean inner loss is within
+   ``se_factor`` standard errors (of the per-clip loss difference) of the lowest;
+4. the mixture: non-negative weights summing to one, one per candidate, that minimise the
+   inner OOF log loss of the weighted mean of the candidates' probabilities
+   (:func:`mixture_weights`; log loss is convex in the weights, so the optimum is unique).
+   With ``select="overall"`` (the default) one set of weights for every class, with
+   ``select="class"`` one per class. Weights below :data:`MIN_WEIGHT` are dropped (the rest
+   renormalised) and their candidates never refitted;
+5. choose the per-class clipping bounds on the mixture's inner OOF probabilities
    (:func:`stack.boost.tune_clipping`);
-5. refit the chosen candidate(s) on every training row.
+6. refit the candidates with weight on every training row.
 
 So nothing about the held-out fold is used to choose anything; the outer OOF of the stacker
-(:func:`stack.train.train_level2`) is as honest as level 1's. When no combination beats the
-best level-1 model on data it has not seen, the stacker stays with ``hedge`` (or ``mean`` or
-``best`` where one of them is consistently better).
+(:func:`stack.train.train_level2`) is as honest as level 1's. A mixture rather than a choice
+of one candidate: a hard choice among close candidates flips from fold to fold and often
+lands on the worse one for the held-out fold, while one candidate far better than the rest
+(one level-1 model that dominates) still gets nearly all the weight (docs/level2.md).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator
 
 from pool.folds import make_folds
@@ -84,15 +84,34 @@ def _clearly_better(
     return all(np.mean(diff[inner == j]) > 0 for j in np.unique(inner))
 
 
-def consistent_choice(losses: dict[str, np.ndarray], se_factor: float, inner: np.ndarray) -> str:
-    """Walk the candidates simplest first; move to a candidate only when it is clearly
-    better than the current one (:func:`_clearly_better`, in every inner fold too)."""
-    names = list(losses)
-    current = names[0]
-    for name in names[1:]:
-        if _clearly_better(losses[name], losses[current], se_factor, inner):
-            current = name
-    return current
+#: mixture weights below this are dropped (the rest renormalised).
+MIN_WEIGHT = 0.01
+
+
+def mixture_weights(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weights ``(C,)`` (non-negative, summing to one) of candidates' probabilities ``probs``
+    ``(C, n, K)`` whose weighted mean has the lowest binary log loss on ``y`` ``(n, K)``.
+
+    The loss is convex in the weights; they are found by L-BFGS over a softmax
+    parametrisation from equal weights. Weights below :data:`MIN_WEIGHT` become 0.
+    """
+    p = np.clip(probs.astype(np.float64), EPS, 1 - EPS)
+    y = np.asarray(y, dtype=np.float64)
+
+    def loss_and_grad(v: np.ndarray) -> tuple[float, np.ndarray]:
+        w = np.exp(v - v.max())
+        w /= w.sum()
+        q = np.tensordot(w, p, 1)
+        loss = -float(np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+        grad_q = -(y / q - (1 - y) / (1 - q)) / q.size
+        grad_w = np.tensordot(p, grad_q, axes=([1, 2], [0, 1]))
+        return loss, w * (grad_w - np.dot(w, grad_w))
+
+    v = minimize(loss_and_grad, np.zeros(len(p)), jac=True, method="L-BFGS-B").x
+    w = np.exp(v - v.max())
+    w /= w.sum()
+    w[w < MIN_WEIGHT] = 0.0
+    return w / w.sum()
 
 
 class Stacker(BaseEstimator):
@@ -100,9 +119,9 @@ class Stacker(BaseEstimator):
 
     Args:
         classes: class names, the columns of ``y`` and of the level-1 blocks of ``X``.
-        candidates: which candidates to consider (default all, :data:`CANDIDATES`).
-        select: ``overall`` or ``class`` (see step 3).
-        se_factor: standard errors a more complex candidate must win by (0: plain argmin).
+        candidates: which candidates to mix (default all, :data:`CANDIDATES`).
+        select: ``overall`` (one set of weights) or ``class`` (weights per class).
+        se_factor: standard errors within which the fewest boosting rounds are kept.
         params: booster settings and ``inner_folds``, ``base_c``.
         random_state: seed of the inner folds and of the boosters.
     """
@@ -128,67 +147,68 @@ class Stacker(BaseEstimator):
         return make_candidate(name, list(self.classes or []), params, self.random_state)
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> Stacker:
-        """Choose and fit (module docstring) on level-2 inputs ``X`` and targets ``y``."""
+        """Weigh and fit (module docstring) on level-2 inputs ``X`` and targets ``y``."""
         y = np.asarray(y, dtype=np.float64)
         params = self.params or BoostParams()
         if self.select not in ("overall", "class"):
             raise ValueError(f"select must be 'overall' or 'class', got {self.select!r}")
         inner = _inner_folds(y, groups, params.inner_folds, self.random_state)
         k = y.shape[1]
-        staged, losses = {}, {}
-        for name in self.candidates:
-            result = cross_fit(self._candidate(name), X, y, inner, method="staged_proba")
-            staged[name] = result.oof
-            losses[name] = row_losses(y, result.oof)  # (n, K, S)
-        # per candidate and class: the fewest rounds within se_factor SE of the best stage
-        stage = {
-            n: np.array([_stage_choice(losses[n][:, c, :], self.se_factor) for c in range(k)])
-            for n in losses
-        }
-        at_stage = {n: losses[n][:, np.arange(k), stage[n]] for n in losses}  # (n, K)
+        names = list(self.candidates)
+        at_stage, rounds = [], {}
+        for name in names:
+            staged = cross_fit(self._candidate(name), X, y, inner, method="staged_proba").oof
+            losses = row_losses(y, staged)  # (n, K, S)
+            stage = [_stage_choice(losses[:, c, :], self.se_factor) for c in range(k)]
+            at_stage.append(staged[:, np.arange(k), stage])  # (n, K)
+            rounds[name] = [int(self._candidate(name).stages[s]) for s in stage]
+        probs = np.stack(at_stage)  # (C, n, K)
         if self.select == "overall":
-            per_row = {n: v.sum(axis=1) for n, v in at_stage.items()}
-            picks = [consistent_choice(per_row, self.se_factor, inner)] * k
+            weights = np.tile(mixture_weights(probs, y), (k, 1))
         else:
-            picks = [
-                consistent_choice({n: v[:, c] for n, v in at_stage.items()}, self.se_factor, inner)
-                for c in range(k)
-            ]
-        stage_of = [int(stage[picks[c]][c]) for c in range(k)]
-        inner_oof = np.stack([staged[picks[c]][:, c, stage_of[c]] for c in range(k)], axis=1)
+            weights = np.stack([mixture_weights(probs[:, :, [c]], y[:, [c]]) for c in range(k)])
+        inner_oof = np.einsum("kc,cnk->nk", weights, probs)
         self.clipping_ = tune_clipping(y, inner_oof)
-        self.picks_ = picks
+        self.weights_ = weights  # (K, C): class x candidate
+        self.rounds_: dict[str, list[int]] = {}
         self.models_: dict[str, Candidate] = {}
-        self.rounds_: list[int] = []
-        for c in range(k):
-            cand = self._candidate(picks[c])
-            self.rounds_.append(int(cand.stages[stage_of[c]]))
-        for name in dict.fromkeys(picks):
+        for j, name in enumerate(names):
+            if not weights[:, j].any():
+                continue
             model = self._candidate(name)
             if "rounds" in model.get_params():
                 # rounds of the classes that use this candidate (others: 0, never read)
-                rounds = [self.rounds_[c] if picks[c] == name else 0 for c in range(k)]
-                model.set_params(rounds=rounds)
+                self.rounds_[name] = [
+                    r if w > 0 else 0 for r, w in zip(rounds[name], weights[:, j], strict=True)
+                ]
+                model.set_params(rounds=self.rounds_[name])
             self.models_[name] = model.fit(X, y)
-        self.inner_log_loss_ = {n: float(at_stage[n].mean()) for n in self.candidates}
+        losses = {n: float(row_losses(y, probs[j]).mean()) for j, n in enumerate(names)}
+        self.inner_log_loss_ = losses | {"mixture": float(row_losses(y, inner_oof).mean())}
         self.classes_ = np.asarray(self.classes if self.classes else np.arange(k))
-        log.debug("level 2 chose %s (inner log loss %s)", picks, self.inner_log_loss_)
+        log.debug("level 2 weights %s (inner log loss %s)", self.weights_, self.inner_log_loss_)
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """``(n, K)`` clipped probabilities."""
-        outs = {name: model.predict_proba(X) for name, model in self.models_.items()}
-        probs = np.stack([outs[self.picks_[c]][:, c] for c in range(len(self.picks_))], axis=1)
+        """``(n, K)`` clipped probabilities: the candidates' weighted mean."""
+        names = list(self.candidates)
+        probs = sum(
+            self.weights_[:, names.index(name)][None, :] * model.predict_proba(X)
+            for name, model in self.models_.items()
+        )
         return apply_clipping(probs, self.clipping_)
 
     @property
     def choice(self) -> dict:
-        """What was chosen, as JSON: candidate and rounds per class, clipping, inner losses."""
-        names = [str(c) for c in self.classes_]
+        """The fitted mixture as JSON: weights per class, rounds, clipping, inner losses."""
+        classes = [str(c) for c in self.classes_]
         return {
-            "candidate": dict(zip(names, self.picks_, strict=True)),
-            "rounds": dict(zip(names, self.rounds_, strict=True)),
-            "clipping": dict(zip(names, map(float, self.clipping_), strict=True)),
+            "weights": {
+                c: {n: float(w) for n, w in zip(self.candidates, row, strict=True) if w > 0}
+                for c, row in zip(classes, self.weights_, strict=True)
+            },
+            "rounds": {n: dict(zip(classes, r, strict=True)) for n, r in self.rounds_.items()},
+            "clipping": dict(zip(classes, map(float, self.clipping_), strict=True)),
             "inner_log_loss": self.inner_log_loss_,
         }
 
@@ -205,7 +225,7 @@ class Stacker(BaseEstimator):
                 "params": params_dict(self.params or BoostParams()),
                 "random_state": self.random_state,
             },
-            "picks": self.picks_,
+            "weights": self.weights_.tolist(),
             "rounds": self.rounds_,
             "clipping": [float(b) for b in self.clipping_],
             "inner_log_loss": self.inner_log_loss_,
@@ -221,18 +241,18 @@ class Stacker(BaseEstimator):
         p["params"] = BoostParams(**p["params"])
         p["candidates"] = tuple(p["candidates"])
         stacker = cls(**p)
-        stacker.picks_ = list(info["picks"])
-        stacker.rounds_ = [int(r) for r in info["rounds"]]
+        stacker.weights_ = np.asarray(info["weights"], dtype=np.float64)
+        stacker.rounds_ = {n: [int(r) for r in v] for n, v in info["rounds"].items()}
         stacker.clipping_ = np.asarray(info["clipping"], dtype=np.float64)
         stacker.inner_log_loss_ = dict(info["inner_log_loss"])
         stacker.models_ = {}
         for name, state in info["states"].items():
             model = stacker._candidate(name)
-            if "rounds" in model.get_params():
-                model.set_params(rounds=stacker.rounds_)
+            if name in stacker.rounds_:
+                model.set_params(rounds=stacker.rounds_[name])
             model.load_state(state, folder)
             stacker.models_[name] = model
-        k = len(stacker.picks_)
+        k = len(stacker.weights_)
         stacker.classes_ = np.asarray(stacker.classes if stacker.classes else np.arange(k))
         return stacker
 

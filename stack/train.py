@@ -9,7 +9,7 @@ level, and nothing about a held-out fold is used to choose anything for it.
 Written into the run directory (:class:`pool.rundir.Run`)::
 
     level2/model.json       classes, level-1 models used, the level-1 lineage id trained on,
-                            settings, and per fold what its stacker chose
+                            settings, and per fold its stacker's mixture weights
     level2/fold_K/          fold K's stacker (stacker.json + booster files)
     level2/oof.csv          level-2 OOF probabilities, id x class
     metrics.json            gains ``scores.level2`` and ``level2`` (the choices)
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def train_level2(
         on_fold=partial(_save_fold, out_dir, choices),
     )
     oof = result.oof
-    picked = Counter(p for c in choices.values() for p in c["candidate"].values())
+    picked = _mean_weights(choices, candidates)
     info = {
         "classes": classes,
         "level1_models": models,
@@ -112,9 +111,9 @@ def train_level2(
     metrics["scores"] = {
         k: v for k, v in metrics["scores"].items() if not k.startswith("level2")
     } | {"level2": evaluate(targets, oof, classes)}
-    metrics["level2"] = {"chosen": dict(picked), "folds": info["choices"]}
+    metrics["level2"] = {"chosen": picked, "folds": info["choices"]}
     run.write_json("metrics.json", metrics)
-    log.info("level 2 chose %s (class x fold counts)", dict(picked))
+    log.info("level 2 mixture weights (mean over folds and classes): %s", picked)
     return metrics["scores"]
 
 
@@ -123,7 +122,14 @@ def _save_fold(
 ) -> None:
     model.save(out_dir / f"fold_{fold}")
     choices[fold] = model.choice
-    log.info("level 2 fold %d: %s", fold, sorted(set(model.picks_)))
+    log.info("level 2 fold %d: weights %s", fold, model.choice["weights"])
+
+
+def _mean_weights(choices: dict[int, dict], candidates: tuple[str, ...]) -> dict[str, float]:
+    """Each candidate's mixture weight, averaged over folds and classes (3 decimals)."""
+    rows = [w for c in choices.values() for w in c["weights"].values()]
+    means = {n: float(np.mean([w.get(n, 0.0) for w in rows])) for n in candidates}
+    return {n: round(v, 3) for n, v in means.items() if v > 0}
 
 
 def load_level2(run: Path | str) -> tuple[dict, dict[int, Stacker]]:
