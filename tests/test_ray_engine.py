@@ -143,15 +143,20 @@ def test_interrupted_then_resumed_gives_the_same_store(ray_instance: None, tmp_p
     done = _jungle("features", str(videos), "--out", str(reference), "--config", str(config))
     assert done.returncode == 0, done.stderr
 
-    out = tmp_path / "ray.h5"
-    cmd = [sys.executable, "-m", "jungle", "features", str(videos), "--out", str(out)]
-    cmd += ["--config", str(config), "--engine", "ray", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not list(parts_dir(out).glob("shard-*.h5")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    for attempt in range(3):
+        # a run that ended before the signal landed (a loaded machine can deliver every
+        # result in one burst) tested nothing: run again into a new store
+        out = tmp_path / f"ray{attempt}.h5"
+        cmd = [sys.executable, "-m", "jungle", "features", str(videos), "--out", str(out)]
+        cmd += ["--config", str(config), "--engine", "ray", "--no-progress"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not list(parts_dir(out).glob("shard-*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        if not (proc.returncode == 0 and out.exists()):
+            break
     assert proc.returncode == 130, stderr
     assert "finished clips are saved" in stderr
     shards = list(parts_dir(out).glob("shard-*.h5"))
