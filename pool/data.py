@@ -637,3 +637,31 @@ def meta_moments(meta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     std = np.sqrt(var)
     std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, np.inf)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+class CenteredFeatures(FeatureReader):
+    """Another reader's features minus each clip's mean over its real frames (``mask``
+    ``(N, T)``, the base reader's rows); padding slots read 0. Float16 like the base."""
+
+    def __init__(self, base: FeatureReader, mask: np.ndarray) -> None:
+        self.base = base
+        self.mask = np.asarray(mask, dtype=bool)
+        self.n, self.frames, self.dims = base.n, base.frames, base.dims
+        self.in_memory = base.in_memory
+        self.chunk_clips = base.chunk_clips
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        x = self.base.read(rows).astype(np.float32)
+        m = self.mask[rows][:, :, None]
+        mean = (x * m).sum(axis=1, keepdims=True) / m.sum(axis=1, keepdims=True)
+        return np.where(m, x - mean, 0.0).astype(np.float16)
+
+
+def frame_inputs(block: FeatureBlock, frame_input: str) -> FeatureBlock:
+    """What the frame classifier sees of ``block``: its features (``raw``), or read through
+    :class:`CenteredFeatures` (``centered``); nothing is read here."""
+    if frame_input == "raw":
+        return block
+    features = CenteredFeatures(block.features, block.mask)
+    return FeatureBlock(block.ids, features, block.mask, block.meta, block.layout)

@@ -31,7 +31,7 @@ from sklearn.base import BaseEstimator
 from pool.config import MODELS, HistogramConfig, NetConfig, PoolConfig, SequenceConfig
 from pool.data import BlockShuffle, FeatureBlock
 from pool.folds import inner_split
-from pool.histogram import HistogramModel, fit_histogram
+from pool.histogram import HistogramModel, fit_histogram, saved_config
 from pool.labels import BLANK
 from pool.sequence import SequenceModel, fit_sequence
 from pool.train_torch import NetModel, fit_net, resolve_device
@@ -194,7 +194,9 @@ def load_estimator(path: Path | str, device: str = "cpu") -> Level1Classifier:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     params: dict[str, Any] = dict(ckpt.get("params") or {"model": ckpt["model"]})
     model = params["model"]
-    if params.get("config") is not None:
+    if params.get("config") is not None and ckpt["kind"] == "histogram":
+        params["config"] = saved_config(params["config"])
+    elif params.get("config") is not None:
         params["config"] = type(default_config(model))(**params["config"])
     params["device"] = device
     estimator = Level1Classifier(**params)

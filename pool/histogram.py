@@ -7,7 +7,10 @@
    log of the number of frames) for a species, and a soft minimum for ``blank`` (a clip is
    blank when all its frames are). So the frames of an animal clip in which the animal
    is not visible are not pushed towards that species, as a per-frame loss with the clip's
-   labels would do (on the demo clips that made the model worse than ``pool``).
+   labels would do (on the demo clips that made the model worse than ``pool``). What it
+   sees (``frame_input``): each frame as stored (``raw``), or each real frame minus its
+   clip's mean real frame (``centered``, as the sequence model: removes the background
+   the frames share; every one-frame clip then looks the same to it).
 2. Per clip and class, the per-frame probabilities are summarised by mean, median, min,
    max, 10th and 90th percentile and a histogram (fraction of frames per bin on [0, 1]).
 3. One booster per class (LightGBM or XGBoost) maps the statistics to a clip probability.
@@ -45,7 +48,14 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from pool.config import HistogramConfig, SequenceConfig
-from pool.data import BlockShuffle, FeatureBlock, frame_moments, sequential, shuffled_batches
+from pool.data import (
+    BlockShuffle,
+    FeatureBlock,
+    frame_inputs,
+    frame_moments,
+    sequential,
+    shuffled_batches,
+)
 from pool.folds import make_folds
 from pool.oof import cross_fit
 from pool.train_torch import seeded
@@ -58,6 +68,12 @@ STATISTICS: tuple[str, ...] = ("mean", "median", "min", "max", "p10", "p90")
 SCORE_BATCH = 256
 #: clips whose statistics go through the boosters at once when predicting.
 PREDICT_PART = 4096
+
+
+def saved_config(config: dict) -> HistogramConfig:
+    """The settings of a saved histogram model; models saved before ``frame_input``
+    existed saw raw frames."""
+    return HistogramConfig(**({"frame_input": "raw"} | config))
 
 
 class FrameClassifier(nn.Module):
@@ -359,6 +375,7 @@ class HistogramModel:
         Each frame classifier's statistics go through the boosters separately (the boosters
         were trained on single-classifier statistics) and the probabilities are averaged.
         """
+        block = frame_inputs(block, self.config.frame_input)
         rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), len(self.boosters)), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
@@ -371,6 +388,7 @@ class HistogramModel:
     def frame_proba(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
         """``(len(rows), T, K)`` float32 per-frame probabilities: the frame classifiers'
         mean (padding slots are scored too; mask them with ``block.mask``)."""
+        block = frame_inputs(block, self.config.frame_input)
         rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
         k = len(self.boosters)
         out = np.zeros((len(rows), block.mask.shape[1], k), dtype=np.float32)
@@ -401,7 +419,7 @@ class HistogramModel:
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: torch.device) -> HistogramModel:
         """Rebuild a model saved by :meth:`checkpoint`."""
-        config = HistogramConfig(**ckpt["config"])
+        config = saved_config(ckpt["config"])
         classifiers = []
         for state in ckpt["classifiers"]:
             clf = FrameClassifier(
@@ -467,6 +485,7 @@ def fit_histogram(
     on those of ``val_rows``.
     """
     start = time.perf_counter()
+    block = frame_inputs(block, cfg.frame_input)
     train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
     part_groups = groups[train_rows] if groups is not None else None
     n_units = len(np.unique(part_groups)) if part_groups is not None else len(train_rows)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.base import clone
 
 from pool.config import HistogramConfig, NetConfig, load_config
@@ -100,6 +101,32 @@ def test_level1_estimator_contract(
     again = load_estimator(tmp_path / "m.pt")
     np.testing.assert_allclose(again.predict_proba(x.view(np.arange(60, 90))), probs, rtol=1e-5)
     assert again.get_params()["config"].model_dump() == QUICK[model].model_dump()
+
+
+def test_histogram_frame_input_is_used_saved_and_old_models_read_as_raw(
+    block: tuple[FeatureBlock, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    x, y, groups = block
+    held = x.view(np.arange(60, 90))
+    probs, saved = {}, {}
+    for frame_input in ("raw", "centered"):
+        config = QUICK["histogram"].model_copy(update={"frame_input": frame_input})
+        est = Level1Classifier(model="histogram", config=config, classes=["a", "b", "blank"])
+        est.fit(x.view(np.arange(60)), y[:60], groups=groups[:60])
+        probs[frame_input] = est.predict_proba(held)
+        saved[frame_input] = tmp_path / f"{frame_input}.pt"
+        est.save(saved[frame_input])
+        again = load_estimator(saved[frame_input])
+        assert again.get_params()["config"].frame_input == frame_input
+        np.testing.assert_allclose(again.predict_proba(held), probs[frame_input], rtol=1e-5)
+    assert np.abs(probs["raw"] - probs["centered"]).max() > 0.01  # the option is used
+    # a model saved before frame_input existed saw raw frames: it is read as raw
+    ckpt = torch.load(saved["raw"], weights_only=True)
+    del ckpt["config"]["frame_input"], ckpt["params"]["config"]["frame_input"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_estimator(tmp_path / "old.pt")
+    assert old.get_params()["config"].frame_input == "raw"
+    np.testing.assert_allclose(old.predict_proba(held), probs["raw"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", CANDIDATES)

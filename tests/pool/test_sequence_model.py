@@ -11,13 +11,13 @@ import pytest
 from sklearn.base import clone
 
 from pool.config import FeatureSource, SequenceConfig
-from pool.data import FeatureBlock, load_block
+from pool.data import FeatureBlock, frame_inputs, load_block
 from pool.estimators import Level1Classifier, load_estimator
 from pool.folds import read_folds
 from pool.metrics import evaluate
 from pool.run import train_level1
 from pool.rundir import Run
-from pool.sequence import fit_platt, frame_inputs
+from pool.sequence import fit_platt
 from tests.pool.support import Synthetic, fast_config
 
 CLASSES = ["cat", "dog", "blank"]
