@@ -70,18 +70,12 @@ def one_se_choice(losses: dict[Any, np.ndarray], se_factor: float) -> Any:
     return lowest
 
 
-def _clearly_better(
-    new: np.ndarray, old: np.ndarray, se_factor: float, inner: np.ndarray | None = None
-) -> bool:
+def _clearly_better(new: np.ndarray, old: np.ndarray, se_factor: float) -> bool:
     """True when per-row losses ``new`` beat ``old`` by more than ``se_factor`` standard
-    errors of the paired difference and, with ``inner`` given, in every inner fold."""
+    errors of the paired difference."""
     diff = old - new
     se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    if not np.mean(diff) > se_factor * se + 1e-12:
-        return False
-    if inner is None:
-        return True
-    return all(np.mean(diff[inner == j]) > 0 for j in np.unique(inner))
+    return bool(np.mean(diff) > se_factor * se + 1e-12)
 
 
 #: mixture weights below this are dropped (the rest renormalised).
@@ -157,11 +151,12 @@ class Stacker(BaseEstimator):
         names = list(self.candidates)
         at_stage, rounds = [], {}
         for name in names:
-            staged = cross_fit(self._candidate(name), X, y, inner, method="staged_proba").oof
+            candidate = self._candidate(name)
+            staged = cross_fit(candidate, X, y, inner, method="staged_proba").oof
             losses = row_losses(y, staged)  # (n, K, S)
             stage = [_stage_choice(losses[:, c, :], self.se_factor) for c in range(k)]
             at_stage.append(staged[:, np.arange(k), stage])  # (n, K)
-            rounds[name] = [int(self._candidate(name).stages[s]) for s in stage]
+            rounds[name] = [int(candidate.stages[s]) for s in stage]
         probs = np.stack(at_stage)  # (C, n, K)
         if self.select == "overall":
             weights = np.tile(mixture_weights(probs, y), (k, 1))
