@@ -8,24 +8,13 @@ runs, so that building the command line stays light.
 """
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
-
-
-def _setup_logging(console: Console, verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
 
 
 def train_level1_command(
@@ -97,8 +86,8 @@ def train_level1_command(
 
     Exit code 0 on success, 2 for invalid input or settings.
     """
-    err = Console(stderr=True)
-    _setup_logging(err, verbose)
+    err = stderr_console()
+    setup_logging(err, verbose)
     from pool.config import Level1Error, load_config
     from pool.metrics import metrics_table
     from pool.run import train_level1

@@ -96,10 +96,11 @@ class HistogramConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_input: Literal["centered", "raw"] = Field(
-        "raw",
-        description="raw: each frame alone; centered: each frame minus its clip's mean real "
-        "frame (as the sequence model)",
+    frame_input: Literal["auto", "centered", "raw"] = Field(
+        "auto",
+        description="auto: centered when the training clips have a median of at least 8 real "
+        "frames (videos), raw otherwise (photo sequences); raw: each frame alone; centered: "
+        "each frame minus its clip's mean real frame (as the sequence model)",
     )
     frame_hidden: int = Field(
         256, ge=0, le=4096, description="0: logistic regression, else MLP width"

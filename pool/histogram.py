@@ -10,7 +10,8 @@
    labels would do (on the demo clips that made the model worse than ``pool``). What it
    sees (``frame_input``): each frame as stored (``raw``), or each real frame minus its
    clip's mean real frame (``centered``, as the sequence model: removes the background
-   the frames share; every one-frame clip then looks the same to it).
+   the frames share; every one-frame clip then looks the same to it). ``auto`` (the
+   default) centres videos and keeps photo sequences raw (:func:`resolve_frame_input`).
 2. Per clip and class, the per-frame probabilities are summarised by mean, median, min,
    max, 10th and 90th percentile and a histogram (fraction of frames per bin on [0, 1]).
 3. One booster per class (LightGBM or XGBoost) maps the statistics to a clip probability.
@@ -68,6 +69,20 @@ STATISTICS: tuple[str, ...] = ("mean", "median", "min", "max", "p10", "p90")
 SCORE_BATCH = 256
 #: clips whose statistics go through the boosters at once when predicting.
 PREDICT_PART = 4096
+#: ``frame_input: auto`` centres the frames when the training clips' median number of real
+#: frames is at least this (videos), and keeps them raw below it (photo sequences).
+AUTO_CENTER_FRAMES = 8
+
+
+def resolve_frame_input(frame_input: str, mask: np.ndarray) -> str:
+    """``frame_input``, with ``auto`` decided from the training clips' frame mask ``(n, T)``:
+    ``centered`` when their median number of real frames is at least
+    :data:`AUTO_CENTER_FRAMES` (videos: centring removes the site's background), else
+    ``raw`` (photo sequences of a few images, which centring reduces to little or nothing)."""
+    if frame_input != "auto":
+        return frame_input
+    frames = float(np.median(mask.sum(axis=1))) if len(mask) else 0.0
+    return "centered" if frames >= AUTO_CENTER_FRAMES else "raw"
 
 
 def saved_config(config: dict) -> HistogramConfig:
@@ -480,13 +495,20 @@ def fit_histogram(
 ) -> HistogramModel:
     """Train the histogram model on a fold's training part (``fit_rows`` + ``val_rows``).
 
+    ``frame_input: auto`` is decided here (:func:`resolve_frame_input`); the model's config
+    (and so its checkpoint) holds the input used.
+
     The frame classifier is cross-fitted over the training part (minibatches in the
     ``shuffle`` order); the boosters train on the statistics of ``fit_rows`` and stop early
     on those of ``val_rows``.
     """
     start = time.perf_counter()
-    block = frame_inputs(block, cfg.frame_input)
     train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
+    frame_input = resolve_frame_input(cfg.frame_input, block.mask[train_rows])
+    if frame_input != cfg.frame_input:
+        log.info("histogram: frame_input auto -> %s", frame_input)
+        cfg = cfg.model_copy(update={"frame_input": frame_input})
+    block = frame_inputs(block, frame_input)
     part_groups = groups[train_rows] if groups is not None else None
     n_units = len(np.unique(part_groups)) if part_groups is not None else len(train_rows)
     k = min(cfg.frame_folds, n_units)

@@ -16,6 +16,7 @@ from pool.config import HistogramConfig, NetConfig, load_config
 from pool.data import FeatureBlock
 from pool.estimators import Level1Classifier, load_estimator
 from pool.folds import read_folds
+from pool.histogram import resolve_frame_input
 from pool.oof import cross_fit
 from pool.run import train_level1
 from pool.rundir import Run
@@ -103,13 +104,13 @@ def test_level1_estimator_contract(
     assert again.get_params()["config"].model_dump() == QUICK[model].model_dump()
 
 
-def test_histogram_frame_input_is_used_saved_and_old_models_read_as_raw(
+def test_histogram_frame_inputs_are_used_saved_and_old_models_read_as_raw(
     block: tuple[FeatureBlock, np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     x, y, groups = block
     held = x.view(np.arange(60, 90))
     probs, saved = {}, {}
-    for frame_input in ("raw", "centered"):
+    for frame_input in ("raw", "centered", "auto"):
         config = QUICK["histogram"].model_copy(update={"frame_input": frame_input})
         est = Level1Classifier(model="histogram", config=config, classes=["a", "b", "blank"])
         est.fit(x.view(np.arange(60)), y[:60], groups=groups[:60])
@@ -118,8 +119,12 @@ def test_histogram_frame_input_is_used_saved_and_old_models_read_as_raw(
         est.save(saved[frame_input])
         again = load_estimator(saved[frame_input])
         assert again.get_params()["config"].frame_input == frame_input
+        # the fitted model holds the input it used: auto is decided at fit time
+        used = "centered" if frame_input == "auto" else frame_input
+        assert again.model_.config.frame_input == used
         np.testing.assert_allclose(again.predict_proba(held), probs[frame_input], rtol=1e-5)
     assert np.abs(probs["raw"] - probs["centered"]).max() > 0.01  # the option is used
+    np.testing.assert_array_equal(probs["auto"], probs["centered"])  # 8 of 8 or 5 frames
     # a model saved before frame_input existed saw raw frames: it is read as raw
     ckpt = torch.load(saved["raw"], weights_only=True)
     del ckpt["config"]["frame_input"], ckpt["params"]["config"]["frame_input"]
@@ -127,6 +132,18 @@ def test_histogram_frame_input_is_used_saved_and_old_models_read_as_raw(
     old = load_estimator(tmp_path / "old.pt")
     assert old.get_params()["config"].frame_input == "raw"
     np.testing.assert_allclose(old.predict_proba(held), probs["raw"], rtol=1e-5)
+
+
+def test_histogram_auto_centres_videos_and_keeps_photo_sequences_raw() -> None:
+    def clips(*real: int) -> np.ndarray:
+        return np.arange(16)[None, :] < np.array(real)[:, None]
+
+    assert resolve_frame_input("auto", clips(16, 16, 3)) == "centered"  # videos
+    assert resolve_frame_input("auto", clips(8, 8, 1)) == "centered"
+    assert resolve_frame_input("auto", clips(1, 3, 5, 2, 10)) == "raw"  # photo bursts
+    assert resolve_frame_input("auto", clips(7, 7, 16)) == "raw"
+    assert resolve_frame_input("raw", clips(16, 16)) == "raw"  # an explicit choice stays
+    assert resolve_frame_input("centered", clips(1, 1)) == "centered"
 
 
 @pytest.mark.parametrize("name", CANDIDATES)

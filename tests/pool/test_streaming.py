@@ -17,6 +17,7 @@ from pool.config import FeatureSource
 from pool.data import (
     ArrayFeatures,
     BlockShuffle,
+    CenteredFeatures,
     StoreFeatures,
     frame_moments,
     load_block,
@@ -100,6 +101,22 @@ def two_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                 data = ds[()][perm]
                 ds[...] = -data if group == "features" else data
     return base / "one.h5", base / "two.h5"
+
+
+def test_centred_reader_subtracts_each_clips_mean_real_frame() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 3)).astype(np.float16)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]], bool)
+    x[~mask] = np.nan  # padding never leaks into a mean or a value
+    centred = CenteredFeatures(ArrayFeatures(x), mask)
+    rows = np.array([0, 1, 2, 4])
+    got = centred.read(rows)
+    assert got.dtype == np.float16 and got.shape == (4, 4, 3)
+    for i, row in enumerate(rows):
+        real = x[row][mask[row]].astype(np.float64)
+        np.testing.assert_allclose(got[i][mask[row]], real - real.mean(axis=0), atol=2e-3)
+        assert not got[i][~mask[row]].any()
+    assert not got[2].any()  # a one-frame clip is all zeros once centred
 
 
 def test_store_reader_reads_what_the_array_holds(two_stores: tuple[Path, Path]) -> None:
