@@ -654,7 +654,7 @@ class CenteredFeatures(FeatureReader):
     def read(self, rows: np.ndarray) -> np.ndarray:
         # in torch, in place: 6x faster than the same in numpy (float16 casts, no temporaries)
         rows = np.asarray(rows, dtype=np.int64)
-        x = torch.from_numpy(self.base.read(rows)).float()
+        x = torch.from_numpy(self.base.read(rows)).to(torch.float32, copy=True)  # never in place
         pad = ~torch.from_numpy(self.mask[rows]).unsqueeze(-1)
         x.masked_fill_(pad, 0.0)
         mean = x.sum(dim=1, keepdim=True).div_((~pad).sum(dim=1, keepdim=True))

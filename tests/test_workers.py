@@ -244,7 +244,15 @@ def test_ctrl_c_while_waiting_stops_workers_promptly(
     monkeypatch.setenv(HANG_ENV, "a.mp4")  # the first clip: the pool waits on it
     caplog.set_level(logging.DEBUG, logger="extract.workers")
     items = _pool(clips, 2, timeout=120.0)
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    # SIGINT to the main thread, with the default handler and unblocked, whatever earlier
+    # tests left behind: in the full suite, os.kill(getpid(), SIGINT) stopped waking the
+    # main thread's wait (it waited out the timeout; cause not pinned down: a signal sent
+    # to the process may land on another thread, e.g. torch's or Ray's)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    timer = threading.Timer(1.5, signal.pthread_kill, (main, signal.SIGINT))
     timer.start()
     started = time.monotonic()
     try:
@@ -252,6 +260,8 @@ def test_ctrl_c_while_waiting_stops_workers_promptly(
             next(items)
     finally:
         timer.cancel()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
     pids = _started_pids(caplog)
     assert len(pids) == 2
