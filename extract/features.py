@@ -48,6 +48,12 @@ class TapExtractor:
         self._std = torch.tensor(backbone.std, device=device).view(shape) * 255.0
         self._modules = dict(self.model.named_modules())
 
+    @property
+    def compute_precision(self) -> str:
+        """The arithmetic the CNN really runs in: ``float16`` (autocast) on CUDA, else the
+        ``precision`` setting (recorded per clip as ``meta/precision``)."""
+        return "float16" if self.device.type == "cuda" else self.precision
+
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` RGB → normalised float ``(B, 3, H, W)``, channels_last."""
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()

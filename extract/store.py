@@ -57,6 +57,8 @@ META_FIELDS: dict[str, object] = {
     "time_span": np.float64,
     "camera_make": STR,
     "camera_model": STR,
+    # since 2026-11-24: the CNN's arithmetic (float32, bfloat16, or float16 autocast on CUDA)
+    "precision": STR,
 }
 #: what a store of format 2 (videos only, before sequences) holds in the fields it lacks.
 META_DEFAULTS: dict[str, object] = {
@@ -66,6 +68,7 @@ META_DEFAULTS: dict[str, object] = {
     "time_span": 0.0,
     "camera_make": "",
     "camera_model": "",
+    "precision": "",  # not recorded by stores made before the field existed
 }
 #: metadata a photo sequence does not have: read as NaN on its rows (:meth:`FeatureStore.meta`).
 VIDEO_ONLY_META: tuple[str, ...] = ("fps", "duration", "bitrate")

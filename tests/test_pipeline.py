@@ -89,6 +89,7 @@ def test_store_layout_dtypes_and_metadata(
     assert meta.loc["site A/b.AVI", "decoder"] == "pyav"
     assert meta.loc["site A/cam 1/clip one.mp4", "decoder"] == "decord"
     assert meta.loc["z.asf", "container"] == "asf"
+    assert (meta["precision"] == "float32").all()  # the CPU's arithmetic, per clip
     assert (meta["width"] == 320).all() and (meta["height"] == 240).all()
     assert np.allclose(meta["fps"], 25) and (meta["file_size"] > 0).all()
     assert (meta["bitrate"] > 0).all() and (meta["duration"] > 0).all()
@@ -204,11 +205,12 @@ def test_other_settings_do_not_mix_into_a_store(
 ) -> None:
     out = tmp_path / "f.h5"
     extract_features(clip_folder, out, small_config, show_progress=False)
-    other = small_config.model_copy(update={"frames": 4})
+    other = small_config.model_copy(update={"frames": 4, "precision": "bfloat16"})
     with pytest.raises(StoreError, match="other settings"):
         extract_features(clip_folder, out, other, show_progress=False)
     extract_features(clip_folder, out, other, show_progress=False, overwrite=True)
     assert FeatureStore(out).mask().shape == (5, 4)
+    assert (FeatureStore(out).meta()["precision"] == "bfloat16").all()
 
 
 def test_cli_exit_codes_and_messages(tmp_path: Path) -> None:
