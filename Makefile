@@ -12,12 +12,13 @@ RUN ?= runs/level1
 OUT ?= predictions.csv
 STORES ?=
 
-.PHONY: help install install-browser test lint features merge train-level1 train-level2 predict demo demo-images demo-finetune bench
+.PHONY: help install install-browser test test-gpu lint features merge train-level1 train-level2 predict demo demo-images demo-finetune bench
 
 help:
 	@echo "make install   create .venv and install jungle with its dev tools"
 	@echo "make install-browser  Debian's chromium + chromium-driver (the report's browser tests)"
 	@echo "make test      run the test suite"
+	@echo "make test-gpu  the GPU tests alone (CUDA GPU, NVDEC, pip install -e .[gpu])"
 	@echo "make lint      ruff check"
 	@echo "make features  VIDEOS=folder-or-csv FEATURES=out.h5: extract CNN features"
 	@echo "make merge     STORES=\"a.h5 b.h5\" FEATURES=out.h5: merge stores (e.g. --shard slices)"
@@ -47,6 +48,9 @@ install-browser:
 
 test:
 	$(BIN)/python -m pytest
+
+test-gpu:  # the GPU tests alone (a CUDA GPU, NVDEC and jungle[gpu] needed)
+	$(BIN)/python -m pytest -m gpu
 
 lint:
 	$(BIN)/ruff check .

@@ -63,6 +63,13 @@ class FeaturesConfig(BaseModel):
     pooling: Literal["avg", "max", "avgmax"] = "avg"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     workers: int = Field(2, ge=0, le=64, description="decoder processes (0: decode in-process)")
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "cpu",  # auto once the GPU tests (tests/test_nvdec_gpu.py) have passed on a GPU
+        description="auto: NVDEC (the GPU's video engines, needs jungle[gpu]) on a CUDA device "
+        "where it is available, for the streams proven frame-exact with it, the CPU otherwise; "
+        "cpu: decoder processes only; nvdec: as auto, but an error where NVDEC is unavailable",
+    )
+    nvdec_threads: int = Field(8, ge=1, le=64, description="NVDEC decoder threads")
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU arithmetic of the CNN (CUDA always uses float16 autocast)"
     )

@@ -56,10 +56,11 @@ class DecodedClip:
 
     Attributes:
         frames: ``(U, H, W, 3)`` uint8 RGB, the distinct source frames in increasing
-            source order (a short clip's padding is not decoded twice).
+            source order (a short clip's padding is not decoded twice); a numpy array, or
+            a CUDA ``torch.Tensor`` from NVDEC (:mod:`extract.nvdec`).
         frame_index: ``(T,)`` source frame index of each of the N slots.
         mask: ``(T,)`` True where the slot holds a real frame, False on padding.
-        decoder: ``"decord"``, ``"decord-gpu"`` or ``"pyav"``.
+        decoder: ``"decord"``, ``"decord-gpu"``, ``"nvdec"`` or ``"pyav"``.
         partial: True when the file ended (or broke) before the frames its header claims.
         n_frames: frames found in the stream (the sampling range).
     """

@@ -178,6 +178,7 @@ def extract_features(
     # the Ray engine's CNN runs on the cluster's nodes (each resolves the device itself):
     # this machine needs no GPU for --device cuda
     device = resolve_device(config.device) if config.engine == "local" else torch.device("cpu")
+    decoder = _resolve_decoder(config, device)
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size
     extraction = _extraction(backbone, config, image_size)
@@ -205,9 +206,17 @@ def extract_features(
         if todo:
             parts.mkdir(parents=True, exist_ok=True)
             if config.engine == "local":
-                _decode_device_note(device)
+                _decode_device_note(device, decoder)
             processed = _process(
-                todo, backbone, config, device, image_size, parts, attrs, show_progress, thumbnails
+                todo,
+                backbone,
+                config.model_copy(update={"decoder": decoder}),
+                device,
+                image_size,
+                parts,
+                attrs,
+                show_progress,
+                thumbnails,
             )
         loop_seconds = time.perf_counter() - loop_started
         shards = sorted(parts.glob("shard-*.h5")) if parts.exists() else []
@@ -296,8 +305,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _decode_device_note(device: torch.device) -> None:
-    if device.type == "cuda" and decord_has_cuda():
+def _resolve_decoder(config: FeaturesConfig, device: torch.device) -> str:
+    """``cpu`` or ``nvdec`` (:func:`extract.nvdec.resolve_decoder`); the Ray engine decodes
+    on the CPU.
+
+    Raises:
+        ConfigError: NVDEC asked for where it cannot run.
+    """
+    if config.engine == "ray":
+        if config.decoder == "nvdec":
+            from extract.config import ConfigError
+
+            raise ConfigError("--decoder nvdec is not available with --engine ray yet")
+        return "cpu"
+    from extract.nvdec import resolve_decoder
+
+    return resolve_decoder(config.decoder, device)
+
+
+def _decode_device_note(device: torch.device, decoder: str) -> None:
+    if decoder == "nvdec":
+        log.info("decoding with NVDEC on %s where the stream allows it, else on the CPU", device)
+    elif device.type == "cuda" and decord_has_cuda():
         log.info("decoding with decord on the GPU (%s)", device)
     elif device.type == "cuda":
         log.info("decord was built without CUDA: decoding on the CPU, CNN on %s", device)
@@ -391,8 +420,27 @@ def _decoded(
 ) -> Iterator[tuple[Clip, dict]]:
     """Decoded items in clip order (:func:`extract.workers.decode_in_workers`): a clip whose
     decoder crashes is retried once in a fresh process, then failed; one that hangs past
-    ``clip_timeout`` is failed; clips in flight are journalled in ``parts``."""
+    ``clip_timeout`` is failed; clips in flight are journalled in ``parts``. With
+    ``decoder: nvdec``, NVDEC first, then the CPU (:func:`extract.hybrid.decode_hybrid`)."""
     workers = config.workers
+    if config.decoder == "nvdec":
+        from extract.hybrid import decode_hybrid
+        from extract.nvdec import NvdecDecoder, nvdec_accepts
+
+        items = decode_hybrid(
+            clips,
+            gpu_decode=NvdecDecoder(device).decode,
+            frames=config.frames,
+            size=size,
+            threads=config.nvdec_threads,
+            workers=workers,
+            timeout=config.clip_timeout,
+            journal_dir=parts,
+            accepts=nvdec_accepts,
+        )
+        with contextlib.closing(items):
+            yield from items
+        return
     if device.type == "cuda" and decord_has_cuda():
         workers = 0  # decord's GPU context lives in this process
     with contextlib.closing(
@@ -511,6 +559,8 @@ class FrameBatcher:
     def add(self, clip: Clip, item: dict) -> list[ClipFeatures]:
         """Queue a decoded clip; return the clips whose features are now complete."""
         frames = torch.as_tensor(item["frames"])
+        if self.extractor.device.type == "cuda":  # NVDEC's frames are there already
+            frames = frames.to(self.extractor.device, non_blocking=True)
         self._frames.append(frames)
         self._queued += len(frames)
         self._clips.append((clip, item, []))
@@ -552,7 +602,9 @@ class FrameBatcher:
         if self.thumbnails is not None:
             self.thumbnails.write(
                 [
-                    ClipFrames(f.clip_id, item["frames"], item["rows"], f.mask, f.features, f.meta)
+                    ClipFrames(
+                        f.clip_id, _numpy(item["frames"]), item["rows"], f.mask, f.features, f.meta
+                    )
                     for f, item in zip(done, finished, strict=True)
                 ]
             )
@@ -569,12 +621,17 @@ class FrameBatcher:
         return ClipFeatures(
             clip_id=clip.clip_id,
             path=str(clip.path),
-            meta=item["meta"],
+            meta=item["meta"] | {"precision": self.extractor.compute_precision},
             frame_index=np.asarray(item["frame_index"]),
             mask=np.asarray(item["mask"]),
             features=features,
             identity=item["identity"],
         )
+
+
+def _numpy(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Frames as a numpy array (NVDEC's are a CUDA tensor)."""
+    return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
 
 
 def clip_identity(clip: Clip) -> FileIdentity:

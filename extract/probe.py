@@ -21,6 +21,10 @@ class DecodeError(RuntimeError):
     ``failed`` table, e.g. ``"empty file (0 bytes)"``."""
 
 
+#: :class:`VideoInfo` fields that choose a decoder and are not stored per clip.
+DECODING_FIELDS: tuple[str, ...] = ("has_b_frames", "pix_fmt", "colorspace", "color_range")
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """Metadata of one clip, as stored in the ``meta`` group of the feature store.
@@ -39,6 +43,9 @@ class VideoInfo:
     codec: str
     container: str
     has_b_frames: bool
+    pix_fmt: str = ""  #: ffmpeg's pixel format of the stream, e.g. ``yuv420p``
+    colorspace: int = 2  #: ffmpeg's AVColorSpace (1: BT.709, 2: unspecified, 5/6: BT.601)
+    color_range: int = 0  #: ffmpeg's AVColorRange (0: unspecified, 1: limited, 2: full)
 
     def as_dict(self) -> dict[str, object]:
         """The fields as a plain dict."""
@@ -101,6 +108,9 @@ def probe(path: Path) -> VideoInfo:
             codec=ctx.name,
             container=container.format.name,
             has_b_frames=bool(ctx.has_b_frames),
+            pix_fmt=str(ctx.pix_fmt or ""),
+            colorspace=int(ctx.colorspace),
+            color_range=int(ctx.color_range),
         )
 
 

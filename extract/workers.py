@@ -52,7 +52,7 @@ from typing import Any
 
 from extract.decode import DecodedClip, decode_clip
 from extract.discover import Clip
-from extract.probe import DecodeError, VideoInfo, probe
+from extract.probe import DECODING_FIELDS, DecodeError, VideoInfo, probe
 from extract.sequences import decode_sequence
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def decode_media(
 def video_meta(info: VideoInfo, decoded: DecodedClip) -> dict[str, object]:
     """The store metadata of a decoded video (the fields of a photo sequence empty)."""
     meta = info.as_dict()
-    meta.pop("has_b_frames")
+    for name in DECODING_FIELDS:
+        meta.pop(name)
     meta.update(frame_count=decoded.n_frames, decoder=decoded.decoder, partial=decoded.partial)
     meta.update(
         media="video",
@@ -272,9 +273,10 @@ def _read_journals(journal_dir: Path, include_own: bool) -> tuple[set[str], list
 class _Journal:
     """This pool's in-flight journal: one line per event, flushed (not fsynced) at once."""
 
-    def __init__(self, journal_dir: Path) -> None:
+    def __init__(self, journal_dir: Path, suffix: str = "") -> None:
         journal_dir.mkdir(parents=True, exist_ok=True)
-        self.path = journal_path(journal_dir)
+        own = journal_path(journal_dir)
+        self.path = own.with_name(own.stem + suffix + own.suffix)
         self._fh = self.path.open("w", encoding="utf-8", errors="surrogateescape", newline="\n")
 
     def write(self, kind: str, clip_id: str) -> None:

@@ -82,6 +82,13 @@ def features(
         str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decoder processes \\[default: 2].")] = None,
+    decoder: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | cpu | nvdec: decode on the GPU's video engines where available "
+            "(needs jungle[gpu]; frame-exact streams only), or on the CPU \\[default: cpu]."
+        ),
+    ] = None,
     batch_frames: Annotated[
         int | None, typer.Option(help="Frames per CNN batch \\[default: 64].")
     ] = None,
@@ -151,6 +158,7 @@ def features(
         "pooling": pooling,
         "device": device,
         "workers": workers,
+        "decoder": decoder,
         "batch_frames": batch_frames,
         "precision": precision,
         "tta": tta,

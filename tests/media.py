@@ -24,6 +24,16 @@ CODECS: dict[str, tuple[str, str, dict]] = {
     "mpeg4_bframes_avi": ("avi", "mpeg4", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2}),
     "wmv2_asf": ("asf", "wmv2", {"pix_fmt": "yuv420p", "gop": 12}),
     "mjpeg_avi": ("avi", "mjpeg", {"pix_fmt": "yuvj420p"}),
+    # streams of the NVDEC gate (extract/nvdec.py): long GOPs, HEVC, MOV, colour flags
+    "h264_mp4_gop250": ("mp4", "libx264", {"pix_fmt": "yuv420p", "gop": 250, "bframes": 2}),
+    "hevc_mp4": ("mp4", "libx265", {"pix_fmt": "yuv420p", "gop": 12}),
+    "h264_mov": ("mov", "libx264", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2}),
+    "h264_mp4_bt709": (
+        "mp4",
+        "libx264",
+        {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2, "colorspace": 1},
+    ),
+    "h264_mp4_full_range": ("mp4", "libx264", {"pix_fmt": "yuvj420p", "gop": 12}),
 }
 
 
@@ -68,12 +78,19 @@ def write_clip(
             stream.codec_context.gop_size = opts["gop"]
         if "bframes" in opts:
             stream.codec_context.max_b_frames = opts["bframes"]
-        if codec == "libx264":
+        if "colorspace" in opts:  # flag the stream (and convert the frames) with a matrix
+            ctx = stream.codec_context
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = opts["colorspace"]
+        if codec in ("libx264", "libx265"):
             stream.options = {"preset": "veryfast", "crf": "18"}
+            if codec == "libx265":
+                stream.options |= {"x265-params": "log-level=error"}
         else:
             stream.codec_context.bit_rate = 2_000_000
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if "colorspace" in opts:
+                frame.colorspace = opts["colorspace"]
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():

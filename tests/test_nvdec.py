@@ -1,0 +1,159 @@
+"""NVDEC support that runs without a GPU: the colour conversion of NVDEC's NV12 frames,
+the gate of streams sent to NVDEC, the decoder setting's errors, and the hybrid scheduler
+(driven here by the CPU decoder in its GPU threads). The GPU half is tests/test_nvdec_gpu.py
+(marker ``gpu``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from extract.config import ConfigError, FeaturesConfig
+from extract.decode import decode_clip
+from extract.discover import discover
+from extract.hybrid import JOURNAL_SUFFIX, decode_hybrid
+from extract.nvdec import nv12_to_rgb, nvdec_accepts, resolve_decoder
+from extract.pipeline import extract_features
+from extract.probe import probe
+from extract.workers import journal_path
+from tests.media import CODECS, indexed_clip, read_index, write_clip
+
+
+def colourful(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
+    """Smooth colour gradients with saturated blocks (sharp colour edges)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    img = np.stack([200 * xx + 30, 180 * yy + 40, 120 * (1 - xx) * yy + 60], axis=-1)
+    for _ in range(12):
+        y0, x0 = rng.integers(0, height - 40), rng.integers(0, width - 40)
+        img[y0 : y0 + rng.integers(10, 40), x0 : x0 + rng.integers(10, 40)] = rng.integers(
+            0, 256, 3
+        )
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("kind", "matrix", "full"),
+    [("h264_mp4", "bt601", False), ("h264_mp4_bt709", "bt709", False),
+     ("h264_mp4_full_range", "bt601", True)],
+)  # fmt: skip
+def test_nv12_conversion_matches_what_the_cpu_decoders_make(
+    tmp_path: Path, kind: str, matrix: str, full: bool
+) -> None:
+    clip = write_clip(tmp_path / "c.mp4", [colourful(s) for s in range(3)], kind)
+    from extract.nvdec import color_conversion
+
+    assert color_conversion(probe(clip)) == (matrix, full)  # read from the stream's flags
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+        nv12 = torch.from_numpy(frame.reformat(format="nv12").to_ndarray())[None]
+        same_size = frame.to_ndarray(format="rgb24").astype(int)
+        # the CPU path's own call (extract/decode.py _pyav_pass)
+        resized = frame.to_ndarray(
+            width=160, height=120, format="rgb24", interpolation="BICUBIC"
+        ).astype(int)
+    ours = nv12_to_rgb(nv12, (320, 240), matrix, full)[0].numpy().astype(int)
+    assert np.abs(ours - same_size).max() <= 3  # rounding of ffmpeg's fixed-point arithmetic
+    wrong = "bt709" if matrix == "bt601" else "bt601"
+    assert np.abs(nv12_to_rgb(nv12, (320, 240), wrong, full)[0].numpy() - same_size).max() > 12
+    small = nv12_to_rgb(nv12, (160, 120), matrix, full)[0].numpy().astype(int)
+    assert small.shape == (120, 160, 3)
+    assert np.abs(small - resized).mean() < 3.0  # bicubic kernels differ at sharp edges
+
+
+def test_gate_sends_only_frame_exact_8bit_streams_to_nvdec(tmp_path: Path) -> None:
+    extension = {"mp4": "mp4", "matroska": "mkv", "avi": "avi", "asf": "asf", "mov": "mov"}
+    accepted = set()
+    for kind, (container, _, _) in CODECS.items():
+        info = probe(indexed_clip(tmp_path / f"{kind}.{extension[container]}", 4, kind))
+        if nvdec_accepts(info):
+            accepted.add(kind)
+    # H.264 in MKV returned wrong frames and MPEG-4 part 2 AVI was off by 2 (issue 11)
+    assert accepted == {
+        "h264_mp4", "h264_mp4_faststart", "h264_mp4_gop250", "hevc_mp4", "h264_mov",
+        "h264_mp4_bt709", "h264_mp4_full_range",
+    }  # fmt: skip
+    info = probe(tmp_path / "h264_mp4.mp4")
+    assert not nvdec_accepts(dataclasses.replace(info, pix_fmt="yuv420p10le"))
+    assert not nvdec_accepts(dataclasses.replace(info, colorspace=4))  # a matrix not converted
+    assert not nvdec_accepts(dataclasses.replace(info, width=321))
+
+
+def test_decoder_setting_auto_falls_back_to_the_cpu_and_nvdec_is_a_clear_error(
+    tmp_path: Path, clip_folder: Path, small_config: FeaturesConfig
+) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_decoder("auto", cpu) == "cpu" and resolve_decoder("cpu", cpu) == "cpu"
+    with pytest.raises(ConfigError, match="NVDEC needs a CUDA device"):
+        resolve_decoder("nvdec", cpu)
+    with pytest.raises(ConfigError, match="--decoder nvdec"):
+        extract_features(
+            clip_folder,
+            tmp_path / "f.h5",
+            small_config.model_copy(update={"decoder": "nvdec"}),
+            show_progress=False,
+        )
+    assert not (tmp_path / "f.h5").exists()
+    run = subprocess.run(
+        [sys.executable, "-m", "jungle", "features", str(clip_folder), "--out",
+         str(tmp_path / "g.h5"), "--decoder", "nvdec", "--device", "cpu", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "--decoder nvdec: NVDEC needs a CUDA device" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_hybrid_scheduler_routes_streams_journals_and_sends_suspects_to_the_cpu(
+    tmp_path: Path,
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    indexed_clip(videos / "a.mp4", 30)
+    indexed_clip(videos / "b.mkv", 30, "h264_mkv")
+    indexed_clip(videos / "c.mp4", 18, "h264_mov")
+    indexed_clip(videos / "d.avi", 20, "mpeg4_bframes_avi")
+    (videos / "e.mp4").write_bytes(b"not a video")
+    clips = discover(videos)[1]
+    parts = tmp_path / "parts"
+    on_gpu: list[str] = []
+
+    def gpu_decode(path, info, frames, size):  # the CPU decoder, in the GPU threads
+        journal = parts / journal_path(parts).name.replace(".log", f"{JOURNAL_SUFFIX}.log")
+        assert path.name in journal.read_text()  # journalled before it is decoded
+        on_gpu.append(path.name)
+        return decode_clip(path, info, frames, size)
+
+    def run() -> dict[str, dict]:
+        items = decode_hybrid(
+            clips, gpu_decode=gpu_decode, frames=6, size=64, threads=2, workers=1,
+            timeout=60, journal_dir=parts, accepts=nvdec_accepts,
+        )  # fmt: skip
+        return {clip.clip_id: item for clip, item in items}
+
+    items = run()
+    assert sorted(items) == ["a.mp4", "b.mkv", "c.mp4", "d.avi", "e.mp4"]
+    assert sorted(on_gpu) == ["a.mp4", "c.mp4"]
+    assert not items["e.mp4"]["ok"] and "not a readable video" in items["e.mp4"]["reason"]
+    for name in ("a.mp4", "b.mkv", "c.mp4", "d.avi"):
+        item = items[name]
+        assert item["ok"], item
+        decoded = [read_index(f) for f in item["frames"][item["rows"]]]
+        assert decoded == list(item["frame_index"])  # frame-exact on either path
+    assert items["d.avi"]["meta"]["decoder"] == "pyav"
+    assert not list(parts.glob("inflight-*.log"))  # journals removed after a clean run
+
+    # a run killed while NVDEC decoded a.mp4 left its journal: the rerun decodes it on the CPU
+    (parts / "inflight-otherhost-1-nvdec.log").write_text("start\ta.mp4\n")
+    on_gpu.clear()
+    items = run()
+    assert on_gpu == ["c.mp4"] and items["a.mp4"]["ok"]
+    assert items["a.mp4"]["meta"]["decoder"] == "decord"
+    assert not list(parts.glob("inflight-*.log"))

@@ -1,0 +1,97 @@
+"""NVDEC on a GPU (marker ``gpu``: ``make test-gpu``; ``make test`` and CI deselect them).
+
+Needs a CUDA GPU, ``pip install "jungle[gpu]"`` (PyNvVideoCodec) and the driver's
+``libnvcuvid.so.1``. Not run on the development machine of 2026-11-24 (no GPU lent): see
+BENCHMARKS.md and the issue notes for what has been run where.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.backbones import build_backbone
+from extract.config import FeaturesConfig
+from extract.decode import decode_clip
+from extract.features import TapExtractor
+from extract.nvdec import NvdecDecoder, nvdec_accepts, nvdec_unavailable
+from extract.pipeline import extract_features
+from extract.probe import probe
+from extract.store import FeatureStore
+from tests.media import CODECS, indexed_clip, read_index
+
+pytestmark = pytest.mark.gpu
+
+EXTENSION = {"mp4": "mp4", "matroska": "mkv", "avi": "avi", "asf": "asf", "mov": "mov"}
+
+
+@pytest.fixture(scope="module")
+def nvdec() -> NvdecDecoder:
+    reason = nvdec_unavailable(torch.device("cuda"))
+    assert reason is None, reason  # a GPU test run on a machine without NVDEC is an error
+    return NvdecDecoder(torch.device("cuda"))
+
+
+def _accepted_kinds(folder: Path) -> list[str]:
+    kinds = []
+    for kind, (container, _, _) in CODECS.items():
+        if nvdec_accepts(probe(indexed_clip(folder / f"{kind}.{EXTENSION[container]}", 4, kind))):
+            kinds.append(kind)
+    return kinds
+
+
+def test_nvdec_is_frame_exact_on_every_stream_the_gate_accepts(
+    tmp_path: Path, nvdec: NvdecDecoder
+) -> None:
+    kinds = _accepted_kinds(tmp_path)
+    assert "h264_mp4" in kinds and "hevc_mp4" in kinds
+    for kind in kinds:
+        n = 300 if kind == "h264_mp4_gop250" else 90
+        clip = indexed_clip(tmp_path / f"long_{kind}.{EXTENSION[CODECS[kind][0]]}", n, kind)
+        info = probe(clip)
+        for frames in (8, 32, 45, n + 7):  # the last pads a short clip
+            got = nvdec.decode(clip, info, frames, (320, 240))
+            assert got.frames.is_cuda and got.frames.dtype == torch.uint8
+            decoded = [read_index(f) for f in got.frames.cpu().numpy()]
+            assert decoded == sorted(set(got.frame_index.tolist())), (kind, frames)
+            cpu = decode_clip(clip, info, frames, (320, 240))
+            assert np.array_equal(got.frame_index, cpu.frame_index)
+            assert np.array_equal(got.mask, cpu.mask)
+
+
+def test_nvdec_and_cpu_features_agree_on_the_real_clips(
+    shared_data: Path, nvdec: NvdecDecoder
+) -> None:
+    backbone = build_backbone("efficientnet_lite0", None, None)
+    extractor = TapExtractor(backbone, torch.device("cuda"))
+    clips = sorted((shared_data / "chimpandsee").glob("*.mp4"))
+    assert clips
+    for clip in clips:
+        info = probe(clip)
+        assert nvdec_accepts(info), info
+        gpu = nvdec.decode(clip, info, 32, (224, 224))
+        cpu = decode_clip(clip, info, 32, (224, 224))
+        a = extractor(gpu.frames, with_logits=True)
+        b = extractor(torch.from_numpy(cpu.frames), with_logits=True)
+        for tap in backbone.taps:
+            cosine = torch.nn.functional.cosine_similarity(a[tap], b[tap], dim=1)
+            assert cosine.min().item() >= 0.99, (clip.name, tap, cosine.min().item())
+        top_a = set(a["logits"].mean(0).topk(5).indices.tolist())
+        top_b = set(b["logits"].mean(0).topk(5).indices.tolist())
+        assert top_a == top_b, clip.name
+
+
+def test_features_with_nvdec_record_the_decoder_and_float16(
+    tmp_path: Path, clip_folder: Path
+) -> None:
+    config = FeaturesConfig(frames=8, image_size=64, device="cuda", decoder="nvdec")
+    summary = extract_features(clip_folder, tmp_path / "f.h5", config, show_progress=False)
+    assert summary.ok == 5
+    meta = FeatureStore(tmp_path / "f.h5").meta()
+    assert meta.loc["site A/cam 1/clip one.mp4", "decoder"] == "nvdec"
+    assert meta.loc["Taï/éléphant.mp4", "decoder"] == "nvdec"
+    assert meta.loc["site A/b.AVI", "decoder"] == "pyav"  # refused by the gate
+    assert (meta["precision"] == "float16").all()
