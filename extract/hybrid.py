@@ -11,10 +11,13 @@
 2. CPU phase: the set-aside clips go through the crash-containing decoder processes of
    :func:`extract.workers.decode_in_workers`.
 
-Crash safety: NVDEC runs inside this process, so a crash in the NVDEC library kills the
-run. Before a clip is handed to NVDEC, ``start<TAB>id`` is appended to the journal
+Crash safety: probing (ffmpeg) and NVDEC run inside this process, so a crash in either
+kills the run. Before a clip is probed, ``start<TAB>id`` is appended to the journal
 ``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (``end<TAB>id`` once it is
-decoded; the format of :mod:`extract.workers`). A rerun reads the journals of dead runs
+decoded or set aside; the format of :mod:`extract.workers`). Any error of NVDEC on a clip
+(including CUDA running out of memory) sends the clip to the CPU. A clip whose GPU decode
+takes longer than ``timeout`` becomes a failed row; its thread is abandoned and the journal
+is kept, so a rerun decodes it on the CPU. A rerun reads the journals of dead runs
 (:func:`extract.workers.suspects`): their clips skip NVDEC and go to the CPU phase, whose
 decoder pool treats them as suspects (an isolated process; a second crash makes the clip
 a failed row). So a clip that crashes NVDEC is retried once on the CPU path and never
@@ -51,11 +54,14 @@ JOURNAL_SUFFIX = "-nvdec"
 
 
 class _LockedJournal:
-    """The GPU phase's journal, written from several threads."""
+    """The GPU phase's journal, written from several threads; ``dead`` (clips of dead runs)
+    are written as started at once, so they stay suspect if this run dies too."""
 
-    def __init__(self, journal_dir: Path | None) -> None:
+    def __init__(self, journal_dir: Path | None, dead: set[str]) -> None:
         self._journal = _Journal(journal_dir, JOURNAL_SUFFIX) if journal_dir else None
         self._lock = threading.Lock()
+        for clip_id in sorted(dead):
+            self.write("start", clip_id)
 
     def write(self, kind: str, clip_id: str) -> None:
         if self._journal is not None:
@@ -76,18 +82,22 @@ def _gpu_item(
     journal: _LockedJournal,
 ) -> dict | None:
     """The item of a clip decoded on the GPU, a failure item for a file that cannot be
-    probed, or None for a clip that goes to the CPU."""
+    probed, or None for a clip that goes to the CPU (refused by the gate, or NVDEC failed
+    on it: the CPU decoders may still read a damaged file). Journalled from before the
+    probe (ffmpeg runs here, not in a contained process) to the end."""
+    journal.write("start", clip.clip_id)
     try:
         info = probe(clip.path)
     except DecodeError as exc:
+        journal.write("end", clip.clip_id)
         return {"ok": False, "reason": str(exc)}
     if not accepts(info):
+        journal.write("end", clip.clip_id)
         return None
-    journal.write("start", clip.clip_id)
     try:
         decoded = gpu_decode(clip.path, info, frames, (size, size))
-    except DecodeError as exc:  # the CPU decoders may still read it (a damaged file)
-        log.info("%s: %s; decoding it on the CPU", clip.path, exc)
+    except Exception as exc:  # never let one clip stop the run: the CPU path retries it
+        log.warning("%s: NVDEC failed (%s); decoding it on the CPU", clip.path, exc)
         journal.write("end", clip.clip_id)
         return None
     journal.write("end", clip.clip_id)
@@ -123,15 +133,16 @@ def decode_hybrid(
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    dead = suspects(journal_dir) if journal_dir is not None else set()
+    dead = suspects(journal_dir, include_own=True) if journal_dir is not None else set()
     if dead:
         log.warning(
             "%d clip(s) were being decoded when an earlier run died: decoding them on the CPU",
             len(dead),
         )
     cpu: list[Clip] = []
-    journal = _LockedJournal(journal_dir)
+    journal = _LockedJournal(journal_dir, dead)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="nvdec")
+    stuck = False
     try:
         window: deque[tuple[Clip, Future]] = deque()
         queue = iter(clips)
@@ -150,15 +161,20 @@ def decode_hybrid(
         fill()
         while window:
             clip, job = window.popleft()
-            item = job.result()
+            try:
+                item = job.result(timeout=timeout)
+            except TimeoutError:  # its thread is abandoned; the journal keeps it suspect
+                stuck = True
+                item = {"ok": False, "reason": f"NVDEC took longer than {timeout:g} s"}
             fill()
             if item is None:
                 cpu.append(clip)
             else:
                 yield clip, item
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        journal.remove()  # every clip handed to NVDEC has ended (or this run is stopping)
+        pool.shutdown(wait=not stuck, cancel_futures=True)
+        if not stuck:  # every clip handed to NVDEC has ended (or this run is stopping)
+            journal.remove()
     log.info("GPU phase done; %d clip(s) left for the CPU decoders", len(cpu))
     with contextlib.closing(
         decode_in_workers(

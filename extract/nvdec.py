@@ -42,11 +42,16 @@ log = logging.getLogger(__name__)
 
 #: (codec, container format) pairs whose NVDEC index access is frame-exact: measured with
 #: index-coded clips (H.264 GOP 12 and 250, HEVC; evenly spaced, random and backwards
-#: indices) and checked by the GPU tests (tests/test_nvdec.py). The container is one of
+#: indices) and checked by the GPU tests (tests/test_nvdec_gpu.py). The container is one of
 #: ffmpeg's names in :attr:`VideoInfo.container` (``mov,mp4,m4a,3gp,3g2,mj2`` for MP4/MOV).
 NVDEC_EXACT: frozenset[tuple[str, str]] = frozenset({("h264", "mp4"), ("hevc", "mp4")})
 #: pixel formats NVDEC returns as NV12 (8-bit 4:2:0; ``yuvj420p`` is its full-range name).
 NVDEC_PIXEL_FORMATS: frozenset[str] = frozenset({"yuv420p", "yuvj420p"})
+#: ffmpeg's AVFieldOrder values of streams NVDEC decodes like ffmpeg (unknown, progressive):
+#: NVDEC deinterlaces interlaced streams, ffmpeg returns their frames woven.
+NVDEC_FIELD_ORDERS: frozenset[int] = frozenset({0, 1})
+#: frames converted from NV12 at once (bounds the float32 planes of a 4K clip's frames).
+CONVERT_FRAMES = 8
 #: ffmpeg's AVColorSpace values → the matrix ffmpeg converts them with (2: unspecified).
 COLOR_MATRICES: dict[int, str] = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601", 9: "bt2020"}
 #: Kr, Kb of each matrix (ITU-R BT.601, BT.709, BT.2020 non-constant luminance).
@@ -110,6 +115,7 @@ def nvdec_accepts(info: VideoInfo) -> bool:
         exact
         and info.pix_fmt in NVDEC_PIXEL_FORMATS
         and info.colorspace in COLOR_MATRICES
+        and info.field_order in NVDEC_FIELD_ORDERS
         and info.width % 2 == 0
         and info.height % 2 == 0
     )
@@ -209,11 +215,16 @@ class NvdecDecoder:
             with torch.cuda.device(self.device):
                 # (U, H*3/2, W) uint8; stacking copies: the decoder reuses its frame buffers
                 nv12 = torch.stack([torch.from_dlpack(f) for f in frames])
-            del frames, decoder
+                del frames, decoder
+                matrix, full = color_conversion(info)
+                rgb = torch.cat(
+                    [
+                        nv12_to_rgb(nv12[i : i + CONVERT_FRAMES], size, matrix, full)
+                        for i in range(0, len(nv12), CONVERT_FRAMES)
+                    ]
+                )
         except DecodeError:
             raise
-        except Exception as exc:  # PyNvVideoCodec raises RuntimeError / its own types
+        except Exception as exc:  # PyNvVideoCodec's errors, CUDA out of memory, ...
             raise DecodeError(f"NVDEC cannot decode the file ({exc})") from exc
-        matrix, full = color_conversion(info)
-        rgb = nv12_to_rgb(nv12, size, matrix, full)
         return DecodedClip(rgb, index, mask, "nvdec", False, n)  # type: ignore[arg-type]

@@ -421,7 +421,8 @@ def _decoded(
     """Decoded items in clip order (:func:`extract.workers.decode_in_workers`): a clip whose
     decoder crashes is retried once in a fresh process, then failed; one that hangs past
     ``clip_timeout`` is failed; clips in flight are journalled in ``parts``. With
-    ``decoder: nvdec``, NVDEC first, then the CPU (:func:`extract.hybrid.decode_hybrid`)."""
+    ``decoder: nvdec``, NVDEC's clips first, then the CPU's
+    (:func:`extract.hybrid.decode_hybrid`); nothing downstream depends on the order."""
     workers = config.workers
     if config.decoder == "nvdec":
         from extract.hybrid import decode_hybrid

@@ -22,7 +22,13 @@ class DecodeError(RuntimeError):
 
 
 #: :class:`VideoInfo` fields that choose a decoder and are not stored per clip.
-DECODING_FIELDS: tuple[str, ...] = ("has_b_frames", "pix_fmt", "colorspace", "color_range")
+DECODING_FIELDS: tuple[str, ...] = (
+    "has_b_frames",
+    "pix_fmt",
+    "colorspace",
+    "color_range",
+    "field_order",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class VideoInfo:
     pix_fmt: str = ""  #: ffmpeg's pixel format of the stream, e.g. ``yuv420p``
     colorspace: int = 2  #: ffmpeg's AVColorSpace (1: BT.709, 2: unspecified, 5/6: BT.601)
     color_range: int = 0  #: ffmpeg's AVColorRange (0: unspecified, 1: limited, 2: full)
+    field_order: int = 0  #: ffmpeg's AVFieldOrder (0: unknown, 1: progressive, 2-5: interlaced)
 
     def as_dict(self) -> dict[str, object]:
         """The fields as a plain dict."""
@@ -111,6 +118,7 @@ def probe(path: Path) -> VideoInfo:
             pix_fmt=str(ctx.pix_fmt or ""),
             colorspace=int(ctx.colorspace),
             color_range=int(ctx.color_range),
+            field_order=int(ctx.field_order),
         )
 
 

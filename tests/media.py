@@ -27,6 +27,7 @@ CODECS: dict[str, tuple[str, str, dict]] = {
     # streams of the NVDEC gate (extract/nvdec.py): long GOPs, HEVC, MOV, colour flags
     "h264_mp4_gop250": ("mp4", "libx264", {"pix_fmt": "yuv420p", "gop": 250, "bframes": 2}),
     "hevc_mp4": ("mp4", "libx265", {"pix_fmt": "yuv420p", "gop": 12}),
+    "vp9_mkv": ("matroska", "libvpx-vp9", {"pix_fmt": "yuv420p", "gop": 12}),
     "h264_mov": ("mov", "libx264", {"pix_fmt": "yuv420p", "gop": 12, "bframes": 2}),
     "h264_mp4_bt709": (
         "mp4",
@@ -35,6 +36,12 @@ CODECS: dict[str, tuple[str, str, dict]] = {
     ),
     "h264_mp4_full_range": ("mp4", "libx264", {"pix_fmt": "yuvj420p", "gop": 12}),
 }
+
+
+def extension(kind: str) -> str:
+    """The file extension of a clip of ``CODECS[kind]``."""
+    container = CODECS[kind][0]
+    return {"matroska": "mkv"}.get(container, container)
 
 
 def index_frame(i: int, width: int = 320, height: int = 240) -> np.ndarray:

@@ -10,19 +10,15 @@ import pytest
 
 from extract.decode import decode_clip, sample_indices, uses_random_access
 from extract.probe import probe
-from tests.media import CODECS, indexed_clip, read_index, truncate
+from tests.media import CODECS, extension, indexed_clip, read_index, truncate
 
 N_SOURCE = 150
-
-
-def _ext(kind: str) -> str:
-    return {"mp4": "mp4", "avi": "avi", "asf": "asf", "matroska": "mkv"}[CODECS[kind][0]]
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("indexed")
-    return {k: indexed_clip(root / f"{k}.{_ext(k)}", N_SOURCE, k) for k in CODECS}
+    return {k: indexed_clip(root / f"{k}.{extension(k)}", N_SOURCE, k) for k in CODECS}
 
 
 def _shown(decoded) -> list[int]:  # noqa: ANN001 - DecodedClip
@@ -78,7 +74,7 @@ def test_streams_decord_seeks_wrongly_in_are_decoded_sequentially(
 
 @pytest.mark.parametrize("kind", ["h264_mp4", "mpeg4_bframes_avi", "wmv2_asf", "mjpeg_avi"])
 def test_short_clip_uses_every_frame_once_and_masks_padding(tmp_path: Path, kind: str) -> None:
-    path = indexed_clip(tmp_path / f"short.{_ext(kind)}", 7, kind)
+    path = indexed_clip(tmp_path / f"short.{extension(kind)}", 7, kind)
     decoded = decode_clip(path, probe(path), 32, (96, 96))
     assert decoded.mask.tolist() == [True] * 7 + [False] * 25
     assert _shown(decoded) == [i % 7 for i in range(32)]
@@ -92,7 +88,7 @@ def test_short_clip_uses_every_frame_once_and_masks_padding(tmp_path: Path, kind
 def test_cut_off_clip_yields_the_frames_that_exist_marked_partial(
     clips: dict[str, Path], tmp_path: Path, kind: str, decoder: str
 ) -> None:
-    cut = truncate(clips[kind], tmp_path / f"cut.{_ext(kind)}", 0.6)
+    cut = truncate(clips[kind], tmp_path / f"cut.{extension(kind)}", 0.6)
     if kind == "h264_mp4_faststart":  # decord cannot read this one at all
         with pytest.raises(decord.DECORDError):
             reader = decord.VideoReader(str(cut))

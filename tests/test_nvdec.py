@@ -23,7 +23,7 @@ from extract.nvdec import nv12_to_rgb, nvdec_accepts, resolve_decoder
 from extract.pipeline import extract_features
 from extract.probe import probe
 from extract.workers import journal_path
-from tests.media import CODECS, indexed_clip, read_index, write_clip
+from tests.media import CODECS, extension, indexed_clip, read_index, write_clip
 
 
 def colourful(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
@@ -69,10 +69,9 @@ def test_nv12_conversion_matches_what_the_cpu_decoders_make(
 
 
 def test_gate_sends_only_frame_exact_8bit_streams_to_nvdec(tmp_path: Path) -> None:
-    extension = {"mp4": "mp4", "matroska": "mkv", "avi": "avi", "asf": "asf", "mov": "mov"}
     accepted = set()
-    for kind, (container, _, _) in CODECS.items():
-        info = probe(indexed_clip(tmp_path / f"{kind}.{extension[container]}", 4, kind))
+    for kind in CODECS:
+        info = probe(indexed_clip(tmp_path / f"{kind}.{extension(kind)}", 4, kind))
         if nvdec_accepts(info):
             accepted.add(kind)
     # H.264 in MKV returned wrong frames and MPEG-4 part 2 AVI was off by 2 (issue 11)

@@ -19,13 +19,11 @@ from extract.decode import decode_clip
 from extract.features import TapExtractor
 from extract.nvdec import NvdecDecoder, nvdec_accepts, nvdec_unavailable
 from extract.pipeline import extract_features
-from extract.probe import probe
+from extract.probe import DecodeError, probe
 from extract.store import FeatureStore
-from tests.media import CODECS, indexed_clip, read_index
+from tests.media import CODECS, extension, indexed_clip, read_index, truncate
 
 pytestmark = pytest.mark.gpu
-
-EXTENSION = {"mp4": "mp4", "matroska": "mkv", "avi": "avi", "asf": "asf", "mov": "mov"}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +35,8 @@ def nvdec() -> NvdecDecoder:
 
 def _accepted_kinds(folder: Path) -> list[str]:
     kinds = []
-    for kind, (container, _, _) in CODECS.items():
-        if nvdec_accepts(probe(indexed_clip(folder / f"{kind}.{EXTENSION[container]}", 4, kind))):
+    for kind in CODECS:
+        if nvdec_accepts(probe(indexed_clip(folder / f"{kind}.{extension(kind)}", 4, kind))):
             kinds.append(kind)
     return kinds
 
@@ -50,16 +48,33 @@ def test_nvdec_is_frame_exact_on_every_stream_the_gate_accepts(
     assert "h264_mp4" in kinds and "hevc_mp4" in kinds
     for kind in kinds:
         n = 300 if kind == "h264_mp4_gop250" else 90
-        clip = indexed_clip(tmp_path / f"long_{kind}.{EXTENSION[CODECS[kind][0]]}", n, kind)
+        clip = indexed_clip(tmp_path / f"long_{kind}.{extension(kind)}", n, kind)
         info = probe(clip)
-        for frames in (8, 32, 45, n + 7):  # the last pads a short clip
-            got = nvdec.decode(clip, info, frames, (320, 240))
+        for frames, size in [(8, (320, 240)), (32, (224, 224)), (45, (64, 64)), (n + 7, (96, 96))]:
+            got = nvdec.decode(clip, info, frames, size)  # (n + 7: a short clip, padded)
             assert got.frames.is_cuda and got.frames.dtype == torch.uint8
+            assert got.frames.shape[1:] == (size[1], size[0], 3)
             decoded = [read_index(f) for f in got.frames.cpu().numpy()]
             assert decoded == sorted(set(got.frame_index.tolist())), (kind, frames)
-            cpu = decode_clip(clip, info, frames, (320, 240))
+            cpu = decode_clip(clip, info, frames, size)
             assert np.array_equal(got.frame_index, cpu.frame_index)
             assert np.array_equal(got.mask, cpu.mask)
+
+
+def test_nvdec_on_a_cut_off_clip_fails_or_returns_the_requested_frames(
+    tmp_path: Path, nvdec: NvdecDecoder
+) -> None:
+    whole = indexed_clip(tmp_path / "whole.mp4", 150, "h264_mp4_faststart")
+    cut = truncate(whole, tmp_path / "cut.mp4", 0.6)
+    info = probe(cut)
+    if not nvdec_accepts(info):
+        return  # the CPU decodes it (and marks it partial)
+    try:
+        got = nvdec.decode(cut, info, 32, (320, 240))
+    except DecodeError:
+        return  # the hybrid scheduler then decodes it on the CPU
+    decoded = [read_index(f) for f in got.frames.cpu().numpy()]
+    assert decoded == sorted(set(got.frame_index.tolist()))  # never other frames
 
 
 def test_nvdec_and_cpu_features_agree_on_the_real_clips(
