@@ -41,7 +41,7 @@ from pathlib import Path
 from extract.decode import DecodedClip
 from extract.discover import Clip
 from extract.probe import DecodeError, VideoInfo, probe
-from extract.workers import _Journal, decode_in_workers, suspects, video_meta
+from extract.workers import _Journal, decode_in_workers, decoded_item, suspects, video_meta
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,7 @@ def _gpu_item(
         journal.write("end", clip.clip_id)
         return None
     journal.write("end", clip.clip_id)
-    return {
-        "ok": True,
-        "frames": decoded.frames,
-        "rows": decoded.slot_rows,
-        "frame_index": decoded.frame_index,
-        "mask": decoded.mask,
-        "meta": video_meta(info, decoded),
-    }
+    return decoded_item(decoded, video_meta(info, decoded))
 
 
 def decode_hybrid(

@@ -100,6 +100,12 @@ def decode_item(clip: Clip, frames: int, size: int, device: str) -> dict:
         return {"ok": False, "reason": str(exc)}
     except Exception as exc:  # never let one file take the run down
         return {"ok": False, "reason": f"unexpected decoder error: {exc!r}"}
+    return decoded_item(decoded, meta)
+
+
+def decoded_item(decoded: DecodedClip, meta: dict[str, object]) -> dict:
+    """The item of a decoded clip (:func:`decode_item`): frames, the row of each slot,
+    source indices, mask and store metadata."""
     return {
         "ok": True,
         "frames": decoded.frames,
