@@ -81,6 +81,7 @@ demo-finetune:
 
 bench:
 	$(BIN)/python scripts/bench_features.py
+	$(BIN)/python scripts/bench_nvdec.py  # measures only where NVDEC is available
 	$(BIN)/python scripts/bench_ray.py
 	$(BIN)/python scripts/bench_store.py
 	$(BIN)/python scripts/bench_level1.py
