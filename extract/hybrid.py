@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,14 @@ from pathlib import Path
 from extract.decode import DecodedClip
 from extract.discover import Clip
 from extract.probe import DecodeError, VideoInfo, probe
-from extract.workers import _Journal, decode_in_workers, decoded_item, suspects, video_meta
+from extract.workers import (
+    WAKE_S,
+    _Journal,
+    decode_in_workers,
+    decoded_item,
+    suspects,
+    video_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +112,21 @@ def _gpu_item(
     return decoded_item(decoded, video_meta(info, decoded))
 
 
+_STUCK: dict = {}
+
+
+def _result(job: Future, timeout: float) -> dict | None:
+    """``job``'s result, or :data:`_STUCK` after ``timeout`` seconds; waits in slices of
+    :data:`extract.workers.WAKE_S` so that a Ctrl-C received by another thread is acted on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return job.result(timeout=max(0.0, min(WAKE_S, deadline - time.monotonic())))
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                return _STUCK
+
+
 def decode_hybrid(
     clips: Sequence[Clip],
     *,
@@ -154,9 +177,8 @@ def decode_hybrid(
         fill()
         while window:
             clip, job = window.popleft()
-            try:
-                item = job.result(timeout=timeout)
-            except TimeoutError:  # its thread is abandoned; the journal keeps it suspect
+            item = _result(job, timeout)
+            if item is _STUCK:  # its thread is abandoned; the journal keeps it suspect
                 stuck = True
                 item = {"ok": False, "reason": f"NVDEC took longer than {timeout:g} s"}
             fill()

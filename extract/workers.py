@@ -74,6 +74,10 @@ MAX_START_FAILURES = 3
 _EXIT_GRACE_S = 5.0
 #: seconds a new worker may take to import its modules and report ready.
 _START_TIMEOUT_S = 120.0
+#: longest single wait of the main thread: a Ctrl-C (SIGINT sent to the process) may be
+#: delivered to another thread (torch's OpenMP threads, Ray's), which does not interrupt the
+#: main thread's wait; Python runs the handler when the main thread next runs bytecode.
+WAKE_S = 0.5
 
 _JOURNAL_GLOB = "inflight-*.log"
 
@@ -459,14 +463,13 @@ class _Pool:
         return True
 
     def poll(self, block: bool = True) -> list[_Event]:
-        """Wait (unless not ``block``) until a worker reports, dies or runs out of time;
-        return what happened."""
+        """Wait (unless not ``block``) until a worker reports, dies or runs out of time, or
+        at most :data:`WAKE_S`; return what happened (maybe nothing)."""
         deadlines = [self._deadline(w) for w in self.workers]
         wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         if wait_s is not None and math.isinf(wait_s):
             wait_s = None
-        if not block:
-            wait_s = 0.0
+        wait_s = 0.0 if not block else min(WAKE_S, WAKE_S if wait_s is None else wait_s)
         handles: list[Any] = [w.conn for w in self.workers]
         handles += [w.pidfd for w in self.workers if w.pidfd is not None]
         ready = set(wait(handles, timeout=wait_s))
