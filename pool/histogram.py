@@ -87,8 +87,8 @@ def resolve_frame_input(frame_input: str, mask: np.ndarray) -> str:
 
 def saved_config(config: dict) -> HistogramConfig:
     """The settings of a saved histogram model; models saved before ``frame_input``
-    existed saw raw frames."""
-    return HistogramConfig(**({"frame_input": "raw"} | config))
+    existed saw raw frames, before ``frame_training`` they were trained by MIL."""
+    return HistogramConfig(**({"frame_input": "raw", "frame_training": "mil"} | config))
 
 
 class FrameClassifier(nn.Module):
@@ -190,6 +190,14 @@ def train_frame_classifier(
     return clf.eval()
 
 
+def propagated_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of every real frame against its clip's labels (mean over real
+    frames and classes): label propagation, as Hakuna Ma-Data trained per image."""
+    target = y.unsqueeze(1).expand_as(logits)
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+    return (per * mask).sum() / mask.sum()
+
+
 def fit_frame_classifier(
     cfg: HistogramConfig,
     block: FeatureBlock,
@@ -201,9 +209,10 @@ def fit_frame_classifier(
     device: torch.device,
     shuffle: BlockShuffle | None = None,
 ) -> FrameClassifier:
-    """Train the histogram model's :class:`FrameClassifier` on clips ``rows`` by
-    multiple-instance learning (:func:`train_frame_classifier`, ``cfg.frame_*`` settings):
-    the loss is the binary cross-entropy of :func:`pooled_logits` against the clip labels
+    """Train the histogram model's :class:`FrameClassifier` on clips ``rows``
+    (:func:`train_frame_classifier`, ``cfg.frame_*`` settings). ``frame_training``:
+    ``propagate``, every real frame learns its clip's labels (:func:`propagated_loss`); or
+    ``mil``, the binary cross-entropy of :func:`pooled_logits` against the clip labels
     (``blank``: index of the blank class)."""
 
     def mil_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -218,7 +227,7 @@ def fit_frame_classifier(
         device,
         shuffle,
         settings=cfg,
-        loss=mil_loss,
+        loss=propagated_loss if cfg.frame_training == "propagate" else mil_loss,
     )
 
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from pool.config import SequenceConfig
 from pool.data import BlockShuffle, FeatureBlock, frame_inputs, frame_moments, sequential
-from pool.histogram import FrameClassifier, FrameLoss, train_frame_classifier
+from pool.histogram import FrameClassifier, FrameLoss, propagated_loss, train_frame_classifier
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,6 @@ def clip_log_proba(
         log_p[:, blank] = mean_log
         log_q[:, blank] = _log1mexp(mean_log)
     return log_p, log_q
-
-
-def propagated_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of every real frame against its clip's labels (mean over real
-    frames and classes)."""
-    target = y.unsqueeze(1).expand_as(logits)
-    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
-    return (per * mask).sum() / mask.sum()
 
 
 def mil_loss(blank: int | None) -> FrameLoss:

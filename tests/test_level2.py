@@ -17,6 +17,7 @@ from pool.data import FeatureBlock
 from pool.estimators import Level1Classifier, load_estimator
 from pool.folds import read_folds
 from pool.histogram import resolve_frame_input
+from pool.metrics import evaluate
 from pool.oof import cross_fit
 from pool.run import train_level1
 from pool.rundir import Run
@@ -125,13 +126,40 @@ def test_histogram_frame_inputs_are_used_saved_and_old_models_read_as_raw(
         np.testing.assert_allclose(again.predict_proba(held), probs[frame_input], rtol=1e-5)
     assert np.abs(probs["raw"] - probs["centered"]).max() > 0.01  # the option is used
     np.testing.assert_array_equal(probs["auto"], probs["centered"])  # 8 of 8 or 5 frames
-    # a model saved before frame_input existed saw raw frames: it is read as raw
+    # a model saved before frame_input and frame_training existed saw raw frames and was
+    # trained by MIL: it is read so
     ckpt = torch.load(saved["raw"], weights_only=True)
-    del ckpt["config"]["frame_input"], ckpt["params"]["config"]["frame_input"]
+    for config in (ckpt["config"], ckpt["params"]["config"]):
+        del config["frame_input"], config["frame_training"]
     torch.save(ckpt, tmp_path / "old.pt")
     old = load_estimator(tmp_path / "old.pt")
     assert old.get_params()["config"].frame_input == "raw"
+    assert old.get_params()["config"].frame_training == "mil"
     np.testing.assert_allclose(old.predict_proba(held), probs["raw"], rtol=1e-5)
+
+
+CLASSES = ["a", "b", "blank"]
+
+
+def test_histogram_frame_training_by_label_propagation_learns_and_is_saved(
+    block: tuple[FeatureBlock, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    x, y, groups = block
+    held = x.view(np.arange(60, 90))
+    probs = {}
+    for training in ("mil", "propagate"):
+        config = QUICK["histogram"].model_copy(update={"frame_training": training})
+        est = Level1Classifier(model="histogram", config=config, classes=CLASSES)
+        est.fit(x.view(np.arange(60)), y[:60], groups=groups[:60])
+        probs[training] = est.predict_proba(held)
+        est.save(tmp_path / f"{training}.pt")
+        again = load_estimator(tmp_path / f"{training}.pt")
+        assert again.model_.config.frame_training == training
+        np.testing.assert_allclose(again.predict_proba(held), probs[training], rtol=1e-5)
+        prior = np.tile(y[:60].mean(axis=0), (30, 1))
+        learned = evaluate(y[60:90], probs[training], CLASSES)["log_loss"]
+        assert learned < 0.95 * evaluate(y[60:90], prior, CLASSES)["log_loss"], training
+    assert np.abs(probs["mil"] - probs["propagate"]).max() > 0.01  # the option is used
 
 
 def test_histogram_auto_centres_videos_and_keeps_photo_sequences_raw() -> None:
