@@ -102,10 +102,11 @@ class HistogramConfig(BaseModel):
         "frames (videos), raw otherwise (photo sequences); raw: each frame alone; centered: "
         "each frame minus its clip's mean real frame (as the sequence model)",
     )
-    frame_training: Literal["propagate", "mil"] = Field(
-        "mil",
-        description="propagate: every real frame learns its clip's labels; mil: a soft maximum "
-        "(soft minimum for blank) of the frames' logits learns them",
+    frame_training: Literal["both", "mil", "propagate"] = Field(
+        "both",
+        description="mil: a soft maximum (soft minimum for blank) of the frames' logits learns "
+        "the clip labels; propagate: every real frame learns them; both: one model of each, "
+        "their clip logits averaged (twice the training)",
     )
     frame_hidden: int = Field(
         256, ge=0, le=4096, description="0: logistic regression, else MLP width"

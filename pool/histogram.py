@@ -2,12 +2,15 @@
 
 1. A frame classifier (a one-hidden-layer MLP, 256 units by default; ``frame_hidden: 0``
    gives a logistic regression, far weaker on the generated sets: docs/level2.md) gives
-   every real frame one logit per class. It learns from the clips' labels as multiple-instance
-   learning: a clip's logit is a soft maximum of its frames' logits (log-sum-exp minus
-   log of the number of frames) for a species, and a soft minimum for ``blank`` (a clip is
-   blank when all its frames are). So the frames of an animal clip in which the animal
-   is not visible are not pushed towards that species, as a per-frame loss with the clip's
-   labels would do (on the demo clips that made the model worse than ``pool``). What it
+   every real frame one logit per class. It learns from the clips' labels in one of two
+   ways (``frame_training``). ``mil``, multiple-instance learning: a clip's logit is a soft
+   maximum of its frames' logits (log-sum-exp minus log of the number of frames) for a
+   species, and a soft minimum for ``blank`` (a clip is blank when all its frames are), so
+   the frames of an animal clip in which the animal is not visible are not pushed towards
+   that species. ``propagate``: every real frame learns its clip's labels (Hakuna
+   Ma-Data). Each is better on some generated sets and worse on others; ``both`` (the
+   default) trains one model of each (steps 1-3 below) and averages their clip logits,
+   which beat both on every set measured (docs/level2.md). What it
    sees (``frame_input``): each frame as stored (``raw``), or each real frame minus its
    clip's mean real frame (``centered``, as the sequence model: removes the background
    the frames share; every one-frame clip then looks the same to it). ``auto`` (the
@@ -22,7 +25,9 @@ did not see. Within a fold's training part the frame classifier is cross-fitted 
 classifier that did not train on it). Boosters train on the inner fit part and stop early
 on the inner validation part.
 Held-out and new clips are scored by each frame classifier in turn, and the boosters'
-outputs are averaged over the classifiers.
+outputs are averaged over the classifiers; with ``both``, each member (frame training)
+does this with its own classifiers and boosters (the same inner folds, frame
+standardisation and seeds), and the members' probabilities are averaged as logits.
 
 Memory: features are only ever read a block at a time through the block's
 :class:`~pool.data.FeatureReader`. The frame classifier trains on streamed minibatches (the
@@ -72,6 +77,8 @@ PREDICT_PART = 4096
 #: ``frame_input: auto`` centres the frames when the training clips' median number of real
 #: frames is at least this (videos), and keeps them raw below it (photo sequences).
 AUTO_CENTER_FRAMES = 8
+#: the members of ``frame_training: both``.
+FRAME_TRAININGS: tuple[str, ...] = ("mil", "propagate")
 
 
 def resolve_frame_input(frame_input: str, mask: np.ndarray) -> str:
@@ -379,13 +386,13 @@ def _booster_predict(spec: dict, x: np.ndarray, cache: dict[int, object], key: i
 
 
 @dataclass
-class HistogramModel:
-    """A trained histogram model of one fold."""
+class HistogramMember:
+    """One way of training the frame classifier (``training``: ``mil`` or ``propagate``):
+    its cross-fitted frame classifiers and the boosters trained on their statistics."""
 
-    config: HistogramConfig
+    training: str
     classifiers: list[FrameClassifier]
     boosters: list[dict]  #: one per class, see :func:`_fit_booster`
-    info: dict[str, float] = field(default_factory=dict)
     _cache: dict[int, object] = field(default_factory=dict, repr=False)
 
     def predict_statistics(self, stats: np.ndarray) -> np.ndarray:
@@ -393,46 +400,10 @@ class HistogramModel:
         cols = [_booster_predict(s, stats, self._cache, k) for k, s in enumerate(self.boosters)]
         return np.stack(cols, axis=1)
 
-    def predict(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
-        """``(len(rows), K)`` float32 probabilities for clips ``rows`` (default all).
-
-        Each frame classifier's statistics go through the boosters separately (the boosters
-        were trained on single-classifier statistics) and the probabilities are averaged.
-        """
-        block = frame_inputs(block, self.config.frame_input)
-        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
-        out = np.zeros((len(rows), len(self.boosters)), dtype=np.float32)
-        order = np.argsort(rows, kind="stable")
-        for start in range(0, len(rows), PREDICT_PART):
-            pos = order[start : start + PREDICT_PART]
-            for stats in score_clips(self.classifiers, block, rows[pos], self.config.bins):
-                out[pos] += self.predict_statistics(stats)
-        return out / len(self.classifiers)
-
-    def frame_proba(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
-        """``(len(rows), T, K)`` float32 per-frame probabilities: the frame classifiers'
-        mean (padding slots are scored too; mask them with ``block.mask``)."""
-        block = frame_inputs(block, self.config.frame_input)
-        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
-        k = len(self.boosters)
-        out = np.zeros((len(rows), block.mask.shape[1], k), dtype=np.float32)
-        for pos, x in sequential(block.features, rows, SCORE_BATCH):
-            for clf in self.classifiers:
-                out[pos] += frame_probabilities(clf, x)
-        return out / len(self.classifiers)
-
-    def checkpoint(self) -> dict:
-        """A dict for ``torch.save`` (loadable with ``weights_only=True``)."""
-        first = self.classifiers[0]
+    def state(self) -> dict:
+        """The member's part of a checkpoint."""
         return {
-            "kind": "histogram",
-            "model": "histogram",
-            "config": self.config.model_dump(),
-            "sizes": {
-                "in_dim": int(first.x_mean.numel()),
-                "n_classes": len(self.boosters),
-            },
-            "info": dict(self.info),
+            "training": self.training,
             "classifiers": [
                 {k: v.detach().cpu() for k, v in clf.state_dict().items()}
                 for clf in self.classifiers
@@ -440,18 +411,98 @@ class HistogramModel:
             "boosters": self.boosters,
         }
 
+
+@dataclass
+class HistogramModel:
+    """A trained histogram model of one fold: one member per frame training
+    (``frame_training: both``: MIL and propagation, their clip logits averaged)."""
+
+    config: HistogramConfig
+    members: list[HistogramMember]
+    info: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(len(rows), K)`` float32 probabilities for clips ``rows`` (default all).
+
+        Within a member, each frame classifier's statistics go through the boosters
+        separately (the boosters were trained on single-classifier statistics) and the
+        probabilities are averaged; the members' probabilities are averaged as logits.
+        Every classifier scores each block of features read.
+        """
+        block = frame_inputs(block, self.config.frame_input)
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
+        classifiers = [clf for m in self.members for clf in m.classifiers]
+        owner = [i for i, m in enumerate(self.members) for _ in m.classifiers]
+        k = len(self.members[0].boosters)
+        sums = np.zeros((len(self.members), len(rows), k), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        for start in range(0, len(rows), PREDICT_PART):
+            pos = order[start : start + PREDICT_PART]
+            scored = score_clips(classifiers, block, rows[pos], self.config.bins)
+            for stats, i in zip(scored, owner, strict=True):
+                sums[i, pos] += self.members[i].predict_statistics(stats)
+        probs = sums / np.array([len(m.classifiers) for m in self.members])[:, None, None]
+        if len(self.members) == 1:
+            return probs[0]
+        return _logit_mean(probs)
+
+    def frame_proba(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(len(rows), T, K)`` float32 per-frame probabilities: the mean of every frame
+        classifier (padding slots are scored too; mask them with ``block.mask``)."""
+        block = frame_inputs(block, self.config.frame_input)
+        rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
+        classifiers = [clf for m in self.members for clf in m.classifiers]
+        k = len(self.members[0].boosters)
+        out = np.zeros((len(rows), block.mask.shape[1], k), dtype=np.float32)
+        for pos, x in sequential(block.features, rows, SCORE_BATCH):
+            for clf in classifiers:
+                out[pos] += frame_probabilities(clf, x)
+        return out / len(classifiers)
+
+    def checkpoint(self) -> dict:
+        """A dict for ``torch.save`` (loadable with ``weights_only=True``)."""
+        first = self.members[0].classifiers[0]
+        return {
+            "kind": "histogram",
+            "model": "histogram",
+            "config": self.config.model_dump(),
+            "sizes": {
+                "in_dim": int(first.x_mean.numel()),
+                "n_classes": len(self.members[0].boosters),
+            },
+            "info": dict(self.info),
+            "members": [m.state() for m in self.members],
+        }
+
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: torch.device) -> HistogramModel:
-        """Rebuild a model saved by :meth:`checkpoint`."""
+        """Rebuild a model saved by :meth:`checkpoint` (or by a jungle from before
+        ``members``: one member at the top level)."""
         config = saved_config(ckpt["config"])
-        classifiers = []
-        for state in ckpt["classifiers"]:
-            clf = FrameClassifier(
-                ckpt["sizes"]["in_dim"], ckpt["sizes"]["n_classes"], config.frame_hidden
-            )
-            clf.load_state_dict(state)
-            classifiers.append(clf.to(device).eval())
-        return cls(config, classifiers, ckpt["boosters"], ckpt["info"])
+        states = ckpt.get("members") or [
+            {
+                "training": config.frame_training,
+                "classifiers": ckpt["classifiers"],
+                "boosters": ckpt["boosters"],
+            }
+        ]
+        members = []
+        for state in states:
+            classifiers = []
+            for weights in state["classifiers"]:
+                clf = FrameClassifier(
+                    ckpt["sizes"]["in_dim"], ckpt["sizes"]["n_classes"], config.frame_hidden
+                )
+                clf.load_state_dict(weights)
+                classifiers.append(clf.to(device).eval())
+            members.append(HistogramMember(state["training"], classifiers, state["boosters"]))
+        return cls(config, members, ckpt["info"])
+
+
+def _logit_mean(probs: np.ndarray) -> np.ndarray:
+    """The sigmoid of the mean logit over the first axis of probabilities ``probs``."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))).astype(np.float32)
 
 
 class FrameScorer(BaseEstimator):
@@ -507,9 +558,9 @@ def fit_histogram(
     ``frame_input: auto`` is decided here (:func:`resolve_frame_input`); the model's config
     (and so its checkpoint) holds the input used.
 
-    The frame classifier is cross-fitted over the training part (minibatches in the
-    ``shuffle`` order); the boosters train on the statistics of ``fit_rows`` and stop early
-    on those of ``val_rows``.
+    For each frame training (two with ``frame_training: both``) the frame classifier is
+    cross-fitted over the training part (minibatches in the ``shuffle`` order); the boosters
+    train on the statistics of ``fit_rows`` and stop early on those of ``val_rows``.
     """
     start = time.perf_counter()
     train_rows = np.sort(np.concatenate([fit_rows, val_rows]))
@@ -523,6 +574,50 @@ def fit_histogram(
     k = min(cfg.frame_folds, n_units)
     inner = make_folds(targets[train_rows], k, seed, part_groups)
     moments = frame_moments(block.features, block.mask, train_rows)  # shared: no labels
+    is_val = np.isin(train_rows, val_rows)
+    trainings = FRAME_TRAININGS if cfg.frame_training == "both" else (cfg.frame_training,)
+    members = [
+        _fit_member(
+            cfg,
+            training,
+            block,
+            targets,
+            blank,
+            train_rows,
+            is_val,
+            inner,
+            moments,
+            seed,
+            device,
+            threads,
+            shuffle,
+        )
+        for training in trainings
+    ]
+    rounds = [b.get("rounds", 0) for m in members for b in m.boosters]
+    info = {"rounds_mean": float(np.mean(rounds)), "seconds": time.perf_counter() - start}
+    return HistogramModel(cfg, members, info)
+
+
+def _fit_member(
+    cfg: HistogramConfig,
+    training: str,
+    block: FeatureBlock,
+    targets: np.ndarray,
+    blank: int | None,
+    train_rows: np.ndarray,
+    is_val: np.ndarray,
+    inner: np.ndarray,
+    moments: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    device: torch.device,
+    threads: int | None,
+    shuffle: BlockShuffle | None,
+) -> HistogramMember:
+    """Cross-fit the frame classifier trained by ``training`` over the training part
+    ``train_rows`` (inner folds ``inner``) and train the boosters on the statistics of its
+    fit rows, stopping early on its validation rows (``is_val``)."""
+    cfg = cfg.model_copy(update={"frame_training": training})
     scorer = FrameScorer(cfg, blank, moments, seed, str(device), shuffle)
     crossed = cross_fit(
         scorer,
@@ -533,8 +628,6 @@ def fit_histogram(
         fold_params=lambda j: {"random_state": seed + 7919 * (j + 1)},
     )
     stats = crossed.oof
-    classifiers = [m.classifier_ for m in crossed.models]
-    is_val = np.isin(train_rows, val_rows)
     boosters = [
         _fit_booster(
             cfg,
@@ -547,6 +640,4 @@ def fit_histogram(
         )
         for c in range(targets.shape[1])
     ]
-    rounds = [b.get("rounds", 0) for b in boosters]
-    info = {"rounds_mean": float(np.mean(rounds)), "seconds": time.perf_counter() - start}
-    return HistogramModel(cfg, classifiers, boosters, info)
+    return HistogramMember(training, [m.classifier_ for m in crossed.models], boosters)

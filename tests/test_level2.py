@@ -32,7 +32,9 @@ QUICK = {
     "attention": NetConfig(epochs=6, patience=3, hidden=16),
     "gru": NetConfig(epochs=6, patience=3, hidden=16),
     "pool": NetConfig(epochs=30, patience=5, lr=3e-3, use_meta=False),
-    "histogram": HistogramConfig(frame_steps=60, n_estimators=40, frame_folds=3),
+    "histogram": HistogramConfig(
+        frame_steps=60, n_estimators=40, frame_folds=3, frame_training="mil"
+    ),
 }
 FAST_RUN = {
     "attention": {"epochs": 15, "patience": 4, "hidden": 32},
@@ -131,6 +133,9 @@ def test_histogram_frame_inputs_are_used_saved_and_old_models_read_as_raw(
     ckpt = torch.load(saved["raw"], weights_only=True)
     for config in (ckpt["config"], ckpt["params"]["config"]):
         del config["frame_input"], config["frame_training"]
+    # ... and held its one classifier set and boosters at the top level
+    (member,) = ckpt.pop("members")
+    ckpt["classifiers"], ckpt["boosters"] = member["classifiers"], member["boosters"]
     torch.save(ckpt, tmp_path / "old.pt")
     old = load_estimator(tmp_path / "old.pt")
     assert old.get_params()["config"].frame_input == "raw"
@@ -160,6 +165,22 @@ def test_histogram_frame_training_by_label_propagation_learns_and_is_saved(
         learned = evaluate(y[60:90], probs[training], CLASSES)["log_loss"]
         assert learned < 0.95 * evaluate(y[60:90], prior, CLASSES)["log_loss"], training
     assert np.abs(probs["mil"] - probs["propagate"]).max() > 0.01  # the option is used
+    # both: one model of each, their clip logits averaged; each member is exactly the model
+    # trained alone (same seeds)
+    config = QUICK["histogram"].model_copy(update={"frame_training": "both"})
+    est = Level1Classifier(model="histogram", config=config, classes=CLASSES)
+    est.fit(x.view(np.arange(60)), y[:60], groups=groups[:60])
+    assert [m.training for m in est.model_.members] == ["mil", "propagate"]
+    both = est.predict_proba(held)
+    logit = np.log(probs["mil"] / (1 - probs["mil"])) + np.log(
+        probs["propagate"] / (1 - probs["propagate"])
+    )
+    np.testing.assert_allclose(both, 1 / (1 + np.exp(-logit / 2)), rtol=1e-5, atol=1e-7)
+    est.save(tmp_path / "both.pt")
+    again = load_estimator(tmp_path / "both.pt")
+    assert again.model_.config.frame_training == "both"
+    np.testing.assert_allclose(again.predict_proba(held), both, rtol=1e-5)
+    assert again.frame_proba(held).shape == (30, x.mask.shape[1], 3)
 
 
 def test_histogram_auto_centres_videos_and_keeps_photo_sequences_raw() -> None:
