@@ -434,17 +434,18 @@ class HistogramModel:
         classifiers = [clf for m in self.members for clf in m.classifiers]
         owner = [i for i, m in enumerate(self.members) for _ in m.classifiers]
         k = len(self.members[0].boosters)
-        sums = np.zeros((len(self.members), len(rows), k), dtype=np.float32)
+        counts = np.array([len(m.classifiers) for m in self.members], dtype=np.float32)
+        out = np.zeros((len(rows), k), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
         for start in range(0, len(rows), PREDICT_PART):
             pos = order[start : start + PREDICT_PART]
+            sums = np.zeros((len(self.members), len(pos), k), dtype=np.float32)
             scored = score_clips(classifiers, block, rows[pos], self.config.bins)
             for stats, i in zip(scored, owner, strict=True):
-                sums[i, pos] += self.members[i].predict_statistics(stats)
-        probs = sums / np.array([len(m.classifiers) for m in self.members])[:, None, None]
-        if len(self.members) == 1:
-            return probs[0]
-        return _logit_mean(probs)
+                sums[i] += self.members[i].predict_statistics(stats)
+            probs = sums / counts[:, None, None]
+            out[pos] = probs[0] if len(self.members) == 1 else _logit_mean(probs)
+        return out
 
     def frame_proba(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
         """``(len(rows), T, K)`` float32 per-frame probabilities: the mean of every frame
