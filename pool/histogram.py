@@ -63,6 +63,7 @@ from pool.data import (
     shuffled_batches,
 )
 from pool.folds import make_folds
+from pool.metrics import logit, sigmoid
 from pool.oof import cross_fit
 from pool.train_torch import seeded
 
@@ -421,6 +422,16 @@ class HistogramModel:
     members: list[HistogramMember]
     info: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def classifiers(self) -> list[FrameClassifier]:
+        """Every member's frame classifiers, member by member."""
+        return [clf for m in self.members for clf in m.classifiers]
+
+    @property
+    def n_classes(self) -> int:
+        """Classes (one booster each)."""
+        return len(self.members[0].boosters)
+
     def predict(self, block: FeatureBlock, rows: np.ndarray | None = None) -> np.ndarray:
         """``(len(rows), K)`` float32 probabilities for clips ``rows`` (default all).
 
@@ -431,9 +442,9 @@ class HistogramModel:
         """
         block = frame_inputs(block, self.config.frame_input)
         rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
-        classifiers = [clf for m in self.members for clf in m.classifiers]
+        classifiers = self.classifiers
         owner = [i for i, m in enumerate(self.members) for _ in m.classifiers]
-        k = len(self.members[0].boosters)
+        k = self.n_classes
         counts = np.array([len(m.classifiers) for m in self.members], dtype=np.float32)
         out = np.zeros((len(rows), k), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
@@ -452,9 +463,8 @@ class HistogramModel:
         classifier (padding slots are scored too; mask them with ``block.mask``)."""
         block = frame_inputs(block, self.config.frame_input)
         rows = np.arange(len(block)) if rows is None else np.asarray(rows, dtype=np.int64)
-        classifiers = [clf for m in self.members for clf in m.classifiers]
-        k = len(self.members[0].boosters)
-        out = np.zeros((len(rows), block.mask.shape[1], k), dtype=np.float32)
+        classifiers = self.classifiers
+        out = np.zeros((len(rows), block.mask.shape[1], self.n_classes), dtype=np.float32)
         for pos, x in sequential(block.features, rows, SCORE_BATCH):
             for clf in classifiers:
                 out[pos] += frame_probabilities(clf, x)
@@ -462,14 +472,14 @@ class HistogramModel:
 
     def checkpoint(self) -> dict:
         """A dict for ``torch.save`` (loadable with ``weights_only=True``)."""
-        first = self.members[0].classifiers[0]
+        first = self.classifiers[0]
         return {
             "kind": "histogram",
             "model": "histogram",
             "config": self.config.model_dump(),
             "sizes": {
                 "in_dim": int(first.x_mean.numel()),
-                "n_classes": len(self.members[0].boosters),
+                "n_classes": self.n_classes,
             },
             "info": dict(self.info),
             "members": [m.state() for m in self.members],
@@ -502,8 +512,7 @@ class HistogramModel:
 
 def _logit_mean(probs: np.ndarray) -> np.ndarray:
     """The sigmoid of the mean logit over the first axis of probabilities ``probs``."""
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))).astype(np.float32)
+    return sigmoid(logit(probs).mean(axis=0)).astype(np.float32)
 
 
 class FrameScorer(BaseEstimator):

@@ -28,6 +28,17 @@ def prior_oof(targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return out
 
 
+def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """Log-odds (float64) of probabilities, clipped to ``[eps, 1 - eps]`` first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function (the inverse of :func:`logit`)."""
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def class_log_loss(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """``(K,)`` binary log loss of each class, averaged over clips."""
     p = np.clip(probs.astype(np.float64), EPS, 1 - EPS)

@@ -23,6 +23,9 @@ import numpy as np
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 
+from pool import metrics
+from pool.metrics import sigmoid
+
 log = logging.getLogger(__name__)
 
 #: clipping bounds tried per class on level-2 OOF (see :func:`tune_clipping`).
@@ -90,7 +93,7 @@ class ClassModel:
             z_xgb = z_xgb + self.xgb_model.predict(
                 xgb.DMatrix(x), iteration_range=(0, xgb_rounds), output_margin=True
             )
-        return (_sigmoid(z_lgb) + _sigmoid(z_xgb)) / 2
+        return (sigmoid(z_lgb) + sigmoid(z_xgb)) / 2
 
     def save(self, folder: Path, name: str) -> None:
         """Write ``NAME.json`` (rounds or constant), ``NAME.lgb.txt`` and ``NAME.xgb.json``
@@ -217,12 +220,7 @@ def _train_xgb(
 
 def logit(p: np.ndarray) -> np.ndarray:
     """Log-odds of probabilities, clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]`` first."""
-    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    return metrics.logit(p, LOGIT_EPS)
 
 
 def fit_base(

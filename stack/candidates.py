@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from pool.metrics import sigmoid
 from stack.boost import (
     BoostParams,
     ClassModel,
     _log_loss,
-    _sigmoid,
     _train_lgb,
     _train_xgb,
     base_margin,
@@ -121,7 +121,7 @@ class MeanLogit(Candidate):
     def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
         probs = level1_probs(X, self.classes or [])
         z = np.mean([logit(probs[m]) for m in self.models_], axis=0)
-        return _sigmoid(z)[:, :, None]
+        return sigmoid(z)[:, :, None]
 
     def state(self, folder: Path) -> dict:
         return {"models": self.models_}
@@ -145,7 +145,7 @@ class HedgeLogit(BestSingle):
     def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
         probs = level1_probs(X, self.classes or [])
         total = sum(logit(probs[m]) for m in self.models_) + logit(probs[self.model_])
-        return _sigmoid(total / (len(self.models_) + 1))[:, :, None]
+        return sigmoid(total / (len(self.models_) + 1))[:, :, None]
 
     def state(self, folder: Path) -> dict:
         return {"model": self.model_, "models": self.models_}
@@ -171,7 +171,7 @@ class LogisticBlend(Candidate):
         return base_margin(level1_probs(X, self.classes or []), self.base_)
 
     def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return _sigmoid(self.margin(X))[:, :, None]
+        return sigmoid(self.margin(X))[:, :, None]
 
     def state(self, folder: Path) -> dict:
         return {"base": self.base_}
