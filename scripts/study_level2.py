@@ -33,7 +33,7 @@ from pool.config import Level1Config  # noqa: E402
 from pool.run import train_level1  # noqa: E402
 from pool.rundir import Run  # noqa: E402
 from stack.boost import BoostParams  # noqa: E402
-from stack.candidates import CANDIDATES  # noqa: E402
+from stack.candidates import CANDIDATES, DEFAULT_CANDIDATES  # noqa: E402
 from stack.train import train_level2  # noqa: E402
 
 
@@ -88,11 +88,11 @@ def main() -> None:
             row[name] = scores[name]["log_loss"]
         best = min(row[m] for m in run.level1_models())
         row["prior"] = scores["prior"]["log_loss"]
-        variants = [("level2_class", "class", CANDIDATES, 1.0)]
-        variants += [("level2_se0", "overall", CANDIDATES, 0.0)]
+        variants = [("level2_class", "class", DEFAULT_CANDIDATES, 1.0)]
+        variants += [("level2_se0", "overall", DEFAULT_CANDIDATES, 0.0)]
         if args.singles:
             variants += [(f"only_{c}", "overall", (c,), 1.0) for c in CANDIDATES]
-        variants.append(("level2", "overall", CANDIDATES, 1.0))  # last: the default stays
+        variants.append(("level2", "overall", DEFAULT_CANDIDATES, 1.0))  # last: the default stays
         seconds = {}
         for label, select, candidates, se_factor in variants:
             started = time.perf_counter()

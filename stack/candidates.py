@@ -11,12 +11,21 @@ columns ``MODEL:CLASS`` with level-1 probabilities, then the raw metadata column
 ``hedge``      per class, the mean of the level-1 logits with the ``best`` model counted twice
 ``mean``       per class, the mean of the level-1 models' logits (nothing fitted)
 ``best``       the level-1 model with the lowest log loss on the training clips
+``top2``       per class, the mean of the logits of the two level-1 models with the lowest log
+               loss on the training clips (where two models are close, which one is ``best``
+               flips from fold to fold)
 ``blend``      per class, an L2-regularised logistic regression over the level-1 logits of
                that class (``blend_inputs="all"``: of every class; :func:`stack.boost.fit_base`)
 ``trees_meta`` the blend, plus per class LightGBM + XGBoost boosted from its logits on the
                clip metadata (file size, its z-score per resolution, duration, ...)
 ``trees_all``  the same with every level-1 probability as tree inputs too (Pri-matrix)
 =============  ===================================================================
+
+The stacker mixes :data:`DEFAULT_CANDIDATES` unless told otherwise: every candidate but
+``trees_all``. Trees on every level-1 probability learn which model to trust from the
+training sites; where a level-1 model breaks on a new site they break with it, and in the
+study of docs/level2.md it was the candidate behind level 2's largest misses (s150, the
+photo demo). It stays available (``jungle train-level2 --candidates``).
 """
 
 from __future__ import annotations
@@ -45,7 +54,17 @@ from stack.inputs import META_COLUMNS, meta_features, size_stats
 #: boosting rounds at which the tree candidates are scored (0: the blend itself).
 STAGES: tuple[int, ...] = (0, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300)
 #: every candidate, simplest first (ties go to the simpler one).
-CANDIDATES: tuple[str, ...] = ("hedge", "mean", "best", "blend", "trees_meta", "trees_all")
+CANDIDATES: tuple[str, ...] = (
+    "hedge",
+    "mean",
+    "best",
+    "top2",
+    "blend",
+    "trees_meta",
+    "trees_all",
+)
+#: the candidates the stacker mixes by default (module docstring).
+DEFAULT_CANDIDATES: tuple[str, ...] = ("hedge", "mean", "best", "top2", "blend", "trees_meta")
 
 
 def stack_inputs(
@@ -152,6 +171,31 @@ class HedgeLogit(BestSingle):
 
     def load_state(self, state: dict, folder: Path) -> None:
         self.model_, self.models_ = state["model"], list(state["models"])
+
+
+class TopTwoLogit(Candidate):
+    """Per class, the sigmoid of the mean logit of the two level-1 models with the lowest log
+    loss on the training rows (the one model when there is only one)."""
+
+    def __init__(self, classes: list[str] | None = None) -> None:
+        self.classes = classes
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> TopTwoLogit:
+        probs = level1_probs(X, self.classes or [])
+        losses = {m: _log_loss(np.asarray(y).ravel(), p.ravel()) for m, p in probs.items()}
+        self.models_ = sorted(sorted(losses), key=lambda m: losses[m])[:2]
+        return self
+
+    def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
+        probs = level1_probs(X, self.classes or [])
+        z = np.mean([logit(probs[m]) for m in self.models_], axis=0)
+        return sigmoid(z)[:, :, None]
+
+    def state(self, folder: Path) -> dict:
+        return {"models": self.models_}
+
+    def load_state(self, state: dict, folder: Path) -> None:
+        self.models_ = list(state["models"])
 
 
 class LogisticBlend(Candidate):
@@ -275,6 +319,8 @@ def make_candidate(
         return MeanLogit(classes)
     if name == "hedge":
         return HedgeLogit(classes)
+    if name == "top2":
+        return TopTwoLogit(classes)
     own = params.blend_inputs == "own"
     if name == "blend":
         return LogisticBlend(classes, params.base_c, own)

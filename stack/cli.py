@@ -42,6 +42,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     )
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``a, b,c`` -> ``("a", "b", "c")``."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def train_level2_command(
     run: Annotated[Path, typer.Option(help="A finished `jungle train-level1` run directory.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -53,12 +58,21 @@ def train_level2_command(
             "'overall' (one set for every class) or per 'class'."
         ),
     ] = "overall",
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated candidates to mix, among hedge, mean, best, top2, blend, "
+            "trees_meta, trees_all (default: all but trees_all)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Train the level-2 stacker on the run's folds: per fold, a weighted mean (weights by
     inner cross-validation) of the mean of the level-1 logits with the best model counted
-    twice, their plain mean, the best model, a logistic blend, and the blend plus LightGBM +
-    XGBoost on metadata (and level-1 probabilities); print every OOF score and the weights."""
+    twice, their plain mean, the best model, the mean logit of the best two, a logistic
+    blend, and the blend plus LightGBM +
+    XGBoost on metadata (optionally on the level-1 probabilities too: trees_all); print
+    every OOF score and the weights."""
     err = stderr_console()
     setup_logging(err, verbose)
     from pool.metrics import metrics_table
@@ -70,7 +84,8 @@ def train_level2_command(
     try:
         if select not in ("overall", "class"):
             raise Level2Error(f"--select must be 'overall' or 'class', not {select!r}")
-        scores = train_level2(run, BoostParams(threads=threads), seed=seed, select=select)
+        chosen = {} if candidates is None else {"candidates": _names(candidates)}
+        scores = train_level2(run, BoostParams(threads=threads), seed=seed, select=select, **chosen)
     except errors as exc:
         raise fail(err, str(exc)) from None
     err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))

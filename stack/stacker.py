@@ -15,8 +15,8 @@ cross-validation.
    inner OOF log loss of the weighted mean of the candidates' probabilities
    (:func:`mixture_weights`; log loss is convex in the weights, so the optimum is unique).
    With ``select="overall"`` (the default) one set of weights for every class, with
-   ``select="class"`` one per class. Weights below :data:`MIN_WEIGHT` are dropped (the rest
-   renormalised) and their candidates never refitted;
+   ``select="class"`` one per class. A candidate with a weight below :data:`MIN_WEIGHT` is
+   dropped, the weights of the rest found again, and it is never refitted;
 5. choose the per-class clipping bounds on the mixture's inner OOF probabilities
    (:func:`stack.boost.tune_clipping`);
 6. refit the candidates with weight on every training row.
@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator
 from pool.folds import make_folds
 from pool.oof import cross_fit
 from stack.boost import EPS, BoostParams, apply_clipping, params_dict, tune_clipping
-from stack.candidates import CANDIDATES, Candidate, make_candidate
+from stack.candidates import DEFAULT_CANDIDATES, Candidate, make_candidate
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,36 @@ def _clearly_better(new: np.ndarray, old: np.ndarray, se_factor: float) -> bool:
     return bool(np.mean(diff) > se_factor * se + 1e-12)
 
 
-#: mixture weights below this are dropped (the rest renormalised).
+#: a candidate whose mixture weight is below this is dropped and the weights of the others are
+#: found again without it.
 MIN_WEIGHT = 0.01
 
 
-def mixture_weights(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def mixture_weights(probs: np.ndarray, y: np.ndarray, min_weight: float = MIN_WEIGHT) -> np.ndarray:
     """Weights ``(C,)`` (non-negative, summing to one) of candidates' probabilities ``probs``
     ``(C, n, K)`` whose weighted mean has the lowest binary log loss on ``y`` ``(n, K)``.
 
     The loss is convex in the weights; they are found by L-BFGS over a softmax
-    parametrisation from equal weights. Weights below :data:`MIN_WEIGHT` become 0.
+    parametrisation from equal weights. While some weights are below ``min_weight``, those
+    candidates are dropped and the weights of the rest found again (the largest always
+    stays), so every weight left is at least ``min_weight``.
     """
     p = np.clip(probs.astype(np.float64), EPS, 1 - EPS)
     y = np.asarray(y, dtype=np.float64)
+    active = np.arange(len(p))
+    while True:
+        w = _optimal_weights(p[active], y)
+        if len(active) == 1 or w.min() >= min_weight:
+            break
+        keep = w >= min_weight
+        active = active[keep] if keep.any() else active[[int(np.argmax(w))]]
+    weights = np.zeros(len(p))
+    weights[active] = w
+    return weights
+
+
+def _optimal_weights(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The convex problem of :func:`mixture_weights` on clipped ``p`` ``(C, n, K)``."""
 
     def loss_and_grad(v: np.ndarray) -> tuple[float, np.ndarray]:
         w = np.exp(v - v.max())
@@ -103,8 +120,6 @@ def mixture_weights(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     v = minimize(loss_and_grad, np.zeros(len(p)), jac=True, method="L-BFGS-B").x
     w = np.exp(v - v.max())
-    w /= w.sum()
-    w[w < MIN_WEIGHT] = 0.0
     return w / w.sum()
 
 
@@ -113,7 +128,7 @@ class Stacker(BaseEstimator):
 
     Args:
         classes: class names, the columns of ``y`` and of the level-1 blocks of ``X``.
-        candidates: which candidates to mix (default all, :data:`CANDIDATES`).
+        candidates: which candidates to mix (:data:`~stack.candidates.DEFAULT_CANDIDATES`).
         select: ``overall`` (one set of weights) or ``class`` (weights per class).
         se_factor: standard errors within which the fewest boosting rounds are kept.
         params: booster settings and ``inner_folds``, ``base_c``.
@@ -123,7 +138,7 @@ class Stacker(BaseEstimator):
     def __init__(
         self,
         classes: list[str] | None = None,
-        candidates: tuple[str, ...] = CANDIDATES,
+        candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
         select: str = "overall",
         se_factor: float = 1.0,
         params: BoostParams | None = None,

@@ -34,7 +34,7 @@ from pool.metrics import evaluate
 from pool.oof import cross_fit
 from pool.rundir import Run
 from stack.boost import BoostParams, params_dict
-from stack.candidates import CANDIDATES, stack_inputs
+from stack.candidates import CANDIDATES, DEFAULT_CANDIDATES, stack_inputs
 from stack.stacker import Stacker
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,25 @@ def train_level2(
     params: BoostParams | None = None,
     seed: int = 0,
     select: str = "overall",
-    candidates: tuple[str, ...] = CANDIDATES,
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
     se_factor: float = 1.0,
 ) -> dict:
     """Train the stacker on a finished level-1 run; returns every OOF score of the run.
 
+    Args:
+        candidates: the stacker's candidates (:data:`stack.candidates.CANDIDATES`; default
+            :data:`stack.candidates.DEFAULT_CANDIDATES`).
+
     Raises:
-        Level2Error: not a finished level-1 run, or level-1 files changed since it was made.
+        Level2Error: not a finished level-1 run, level-1 files changed since it was made, or
+            an unknown or repeated candidate.
     """
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown or not candidates or len(set(candidates)) != len(candidates):
+        raise Level2Error(
+            f"level-2 candidates must be distinct names among {', '.join(CANDIDATES)}; "
+            f"got {', '.join(candidates) or 'none'}"
+        )
     run = Run(run)
     params = params or BoostParams()
     lineage = _level1_id(run)

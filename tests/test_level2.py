@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
+from typer.testing import CliRunner
 
+from jungle.cli import app
 from pool.config import HistogramConfig, NetConfig, load_config
 from pool.data import FeatureBlock
 from pool.estimators import Level1Classifier, load_estimator
@@ -23,9 +25,9 @@ from pool.run import train_level1
 from pool.rundir import Run
 from pool.synthetic import SyntheticSpec, write_synthetic_store
 from stack.boost import BoostParams
-from stack.candidates import CANDIDATES, make_candidate, stack_inputs
+from stack.candidates import CANDIDATES, DEFAULT_CANDIDATES, make_candidate, stack_inputs
 from stack.predict import predict
-from stack.stacker import Stacker, mixture_weights
+from stack.stacker import MIN_WEIGHT, Stacker, mixture_weights
 from stack.train import Level2Error, load_level2, predict_level2, train_level2
 
 QUICK = {
@@ -249,6 +251,43 @@ def test_mixture_weights_favour_the_candidate_that_fits_and_sum_to_one() -> None
     assert 0.3 < w[0] < 0.7 and w.sum() == pytest.approx(1)
 
 
+def test_mixture_drops_small_weights_and_weighs_the_rest_again() -> None:
+    """Candidates under ``min_weight`` are dropped and the others weighed again without them:
+    the weights left sum to one, are all at least ``min_weight`` and are the optimum over
+    the candidates kept."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    y = (rng.random((n, 2)) < 0.3).astype(float)
+    z = 2 * y - 1
+    rows = np.arange(n)[:, None]
+    good = 1 / (1 + np.exp(-(4 * z + rng.normal(0, 1, y.shape))))
+    flat = np.full(y.shape, 0.3)
+    a = np.where(rows < 1000, good, flat)  # right on the first half only
+    b = np.where(rows >= 1000, good, flat)  # on the second half only
+    c = 1 / (1 + np.exp(-(1.2 * z + np.log(0.3 / 0.7) + rng.normal(0, 0.5, y.shape))))
+    probs = np.stack([a, b, c])
+    free = mixture_weights(probs, y, min_weight=0.0)
+    assert (free > MIN_WEIGHT).all()  # all three kept at the default
+    np.testing.assert_allclose(mixture_weights(probs, y), free, atol=1e-6)
+    w = mixture_weights(probs, y, min_weight=0.3)  # at least one of the three is under 0.3
+    kept = np.flatnonzero(w)
+    assert 0 < len(kept) < 3 and w.sum() == pytest.approx(1) and (w[kept] >= 0.3).all()
+    np.testing.assert_allclose(w[kept], mixture_weights(probs[kept], y, min_weight=0), atol=1e-6)
+
+
+def test_default_candidates_leave_out_trees_on_all_inputs(small_run: Path, tmp_path: Path) -> None:
+    assert set(DEFAULT_CANDIDATES) == set(CANDIDATES) - {"trees_all"}
+    assert "top2" in DEFAULT_CANDIDATES
+    info = json.loads((small_run / "level2" / "model.json").read_text())
+    assert info["candidates"] == list(DEFAULT_CANDIDATES)
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    args = ["train-level2", "--run", str(run), "--candidates", "best,trees_al"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "got best, trees_al" in result.stderr, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_cross_fit_gives_every_row_its_own_folds_model() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 2))
@@ -336,7 +375,7 @@ def test_model_json_records_lineage_and_choices(small_run: Path) -> None:
     for choice in info["choices"].values():
         for weights in choice["weights"].values():
             assert set(weights) <= set(CANDIDATES)
-            assert abs(sum(weights.values()) - 1) < 1e-9 and min(weights.values()) >= 0.01
+            assert abs(sum(weights.values()) - 1) < 1e-9 and min(weights.values()) >= MIN_WEIGHT
         assert all(0 <= b <= 0.05 for b in choice["clipping"].values())
 
 
