@@ -84,6 +84,13 @@ def level1_probs(x: pd.DataFrame, classes: list[str]) -> dict[str, np.ndarray]:
     return {m: x[[f"{m}:{k}" for k in classes]].to_numpy(dtype=np.float64) for m in models}
 
 
+def ranked_models(x: pd.DataFrame, y: np.ndarray, classes: list[str]) -> list[str]:
+    """The level-1 models of ``x``, lowest log loss on targets ``y`` first (ties by name)."""
+    probs = level1_probs(x, classes)
+    losses = {m: _log_loss(np.asarray(y).ravel(), p.ravel()) for m, p in probs.items()}
+    return sorted(sorted(losses), key=lambda m: losses[m])
+
+
 class Candidate(BaseEstimator):
     """Base of the candidates: ``classes`` names the columns of ``y`` (and of ``X``'s
     level-1 blocks). Subclasses implement ``fit``, ``staged_proba`` and the JSON state."""
@@ -112,9 +119,7 @@ class BestSingle(Candidate):
         self.classes = classes
 
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> BestSingle:
-        probs = level1_probs(X, self.classes or [])
-        losses = {m: _log_loss(np.asarray(y).ravel(), p.ravel()) for m, p in probs.items()}
-        self.model_ = min(sorted(losses), key=lambda m: losses[m])
+        self.model_ = ranked_models(X, y, self.classes or [])[0]
         return self
 
     def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
@@ -173,29 +178,13 @@ class HedgeLogit(BestSingle):
         self.model_, self.models_ = state["model"], list(state["models"])
 
 
-class TopTwoLogit(Candidate):
+class TopTwoLogit(MeanLogit):
     """Per class, the sigmoid of the mean logit of the two level-1 models with the lowest log
     loss on the training rows (the one model when there is only one)."""
 
-    def __init__(self, classes: list[str] | None = None) -> None:
-        self.classes = classes
-
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> TopTwoLogit:
-        probs = level1_probs(X, self.classes or [])
-        losses = {m: _log_loss(np.asarray(y).ravel(), p.ravel()) for m, p in probs.items()}
-        self.models_ = sorted(sorted(losses), key=lambda m: losses[m])[:2]
+        self.models_ = ranked_models(X, y, self.classes or [])[:2]
         return self
-
-    def staged_proba(self, X: pd.DataFrame) -> np.ndarray:
-        probs = level1_probs(X, self.classes or [])
-        z = np.mean([logit(probs[m]) for m in self.models_], axis=0)
-        return sigmoid(z)[:, :, None]
-
-    def state(self, folder: Path) -> dict:
-        return {"models": self.models_}
-
-    def load_state(self, state: dict, folder: Path) -> None:
-        self.models_ = list(state["models"])
 
 
 class LogisticBlend(Candidate):
