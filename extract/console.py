@@ -34,6 +34,11 @@ def fail(console: Console, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (a comma-separated command-line option)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def sigterm_as_interrupt() -> None:
     """Make SIGTERM end a run like Ctrl-C, so finished work is saved before exiting."""
 

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
+from extract.console import (
+    comma_list,
+    fail,
+    setup_logging,
+    sigterm_as_interrupt,
+    stderr_console,
+)
 
 app = typer.Typer(
     name="jungle",
@@ -151,7 +157,7 @@ def features(
         "backbone": backbone,
         "weights": weights,
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "layers": [x.strip() for x in layers.split(",") if x.strip()] if layers else None,
+        "layers": comma_list(layers) if layers else None,
         "frames": frames,
         "sequence_gap": sequence_gap,
         "image_size": image_size,

@@ -14,7 +14,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
+from extract.console import (
+    comma_list,
+    fail,
+    setup_logging,
+    sigterm_as_interrupt,
+    stderr_console,
+)
 
 
 def train_level1_command(
@@ -96,7 +102,7 @@ def train_level1_command(
         "features": [str(p) for p in features] if features else None,
         "labels": str(labels) if labels is not None else None,
         "run": str(run) if run is not None else None,
-        "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
+        "models": comma_list(models) if models else None,
         "folds": folds,
         "folds_csv": str(folds_csv) if folds_csv is not None else None,
         "group_column": group_column,

@@ -586,24 +586,20 @@ def fit_histogram(
     moments = frame_moments(block.features, block.mask, train_rows)  # shared: no labels
     is_val = np.isin(train_rows, val_rows)
     trainings = FRAME_TRAININGS if cfg.frame_training == "both" else (cfg.frame_training,)
-    members = [
-        _fit_member(
-            cfg,
-            training,
-            block,
-            targets,
-            blank,
-            train_rows,
-            is_val,
-            inner,
-            moments,
-            seed,
-            device,
-            threads,
-            shuffle,
-        )
-        for training in trainings
-    ]
+    shared = {
+        "block": block,
+        "targets": targets,
+        "blank": blank,
+        "train_rows": train_rows,
+        "is_val": is_val,
+        "inner": inner,
+        "moments": moments,
+        "seed": seed,
+        "device": device,
+        "threads": threads,
+        "shuffle": shuffle,
+    }
+    members = [_fit_member(cfg, training, **shared) for training in trainings]
     rounds = [b.get("rounds", 0) for m in members for b in m.boosters]
     info = {"rounds_mean": float(np.mean(rounds)), "seconds": time.perf_counter() - start}
     return HistogramModel(cfg, members, info)
@@ -612,6 +608,7 @@ def fit_histogram(
 def _fit_member(
     cfg: HistogramConfig,
     training: str,
+    *,
     block: FeatureBlock,
     targets: np.ndarray,
     blank: int | None,

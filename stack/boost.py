@@ -23,7 +23,7 @@ import numpy as np
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 
-from pool import metrics
+from pool.metrics import logit as clipped_logit
 from pool.metrics import sigmoid
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _train_xgb(
 
 def logit(p: np.ndarray) -> np.ndarray:
     """Log-odds of probabilities, clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]`` first."""
-    return metrics.logit(p, LOGIT_EPS)
+    return clipped_logit(p, LOGIT_EPS)
 
 
 def fit_base(

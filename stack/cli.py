@@ -16,7 +16,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from extract.console import fail, setup_logging, sigterm_as_interrupt, stderr_console
+from extract.console import (
+    comma_list,
+    fail,
+    setup_logging,
+    sigterm_as_interrupt,
+    stderr_console,
+)
 from extract.sequences import DEFAULT_SEQUENCE_GAP
 from stack.report_options import PAGE_SIZES
 
@@ -42,11 +48,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def _names(text: str) -> tuple[str, ...]:
-    """``a, b,c`` -> ``("a", "b", "c")``."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def train_level2_command(
     run: Annotated[Path, typer.Option(help="A finished `jungle train-level1` run directory.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -70,9 +71,8 @@ def train_level2_command(
     """Train the level-2 stacker on the run's folds: per fold, a weighted mean (weights by
     inner cross-validation) of the mean of the level-1 logits with the best model counted
     twice, their plain mean, the best model, the mean logit of the best two, a logistic
-    blend, and the blend plus LightGBM +
-    XGBoost on metadata (optionally on the level-1 probabilities too: trees_all); print
-    every OOF score and the weights."""
+    blend, and the blend plus LightGBM + XGBoost on metadata (optionally on the level-1
+    probabilities too: trees_all); print every OOF score and the weights."""
     err = stderr_console()
     setup_logging(err, verbose)
     from pool.metrics import metrics_table
@@ -84,7 +84,7 @@ def train_level2_command(
     try:
         if select not in ("overall", "class"):
             raise Level2Error(f"--select must be 'overall' or 'class', not {select!r}")
-        chosen = {} if candidates is None else {"candidates": _names(candidates)}
+        chosen = {} if candidates is None else {"candidates": tuple(comma_list(candidates))}
         scores = train_level2(run, BoostParams(threads=threads), seed=seed, select=select, **chosen)
     except errors as exc:
         raise fail(err, str(exc)) from None

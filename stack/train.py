@@ -69,8 +69,8 @@ def train_level2(
         Level2Error: not a finished level-1 run, level-1 files changed since it was made, or
             an unknown or repeated candidate.
     """
-    unknown = [c for c in candidates if c not in CANDIDATES]
-    if unknown or not candidates or len(set(candidates)) != len(candidates):
+    names = set(candidates)
+    if not candidates or len(names) != len(candidates) or not names <= set(CANDIDATES):
         raise Level2Error(
             f"level-2 candidates must be distinct names among {', '.join(CANDIDATES)}; "
             f"got {', '.join(candidates) or 'none'}"
