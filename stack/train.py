@@ -92,7 +92,14 @@ def train_level2(
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
     choices: dict[int, dict] = {}
-    stacker = Stacker(classes, tuple(candidates), select, se_factor, params, seed)
+    stacker = Stacker(
+        classes,
+        tuple(candidates),
+        select=select,
+        se_factor=se_factor,
+        params=params,
+        random_state=seed,
+    )
     result = cross_fit(
         stacker,
         x,
@@ -133,7 +140,10 @@ def _save_fold(
 ) -> None:
     model.save(out_dir / f"fold_{fold}")
     choices[fold] = model.choice
-    log.info("level 2 fold %d: weights %s", fold, model.choice["weights"])
+    temperature = sorted(set(np.round(model.temperature_, 3).tolist()))
+    log.info(
+        "level 2 fold %d: weights %s, temperature %s", fold, model.choice["weights"], temperature
+    )
 
 
 def _mean_weights(choices: dict[int, dict], candidates: tuple[str, ...]) -> dict[str, float]:

@@ -27,7 +27,7 @@ from pool.synthetic import SyntheticSpec, write_synthetic_store
 from stack.boost import BoostParams
 from stack.candidates import CANDIDATES, DEFAULT_CANDIDATES, make_candidate, stack_inputs
 from stack.predict import predict
-from stack.stacker import MIN_WEIGHT, Stacker, mixture_weights
+from stack.stacker import MIN_WEIGHT, Stacker, fit_temperature, mixture_weights, temper
 from stack.train import Level2Error, load_level2, predict_level2, train_level2
 
 QUICK = {
@@ -273,6 +273,72 @@ def test_mixture_drops_small_weights_and_weighs_the_rest_again() -> None:
     kept = np.flatnonzero(w)
     assert 0 < len(kept) < 3 and w.sum() == pytest.approx(1) and (w[kept] >= 0.3).all()
     np.testing.assert_allclose(w[kept], mixture_weights(probs[kept], y, min_weight=0), atol=1e-6)
+
+
+def test_temperature_undoes_over_and_underconfidence() -> None:
+    """``fit_temperature`` finds T = 1 for calibrated probabilities, T = 2 for logits
+    doubled, T = 1/2 for logits halved; tempering lowers the loss of the miscalibrated."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, (20000, 2))
+    y = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(float)
+    for scale, expected in ((1.0, 1.0), (2.0, 2.0), (0.5, 0.5)):
+        probs = 1 / (1 + np.exp(-scale * z))
+        t = fit_temperature(probs, y)
+        assert t == pytest.approx(expected, rel=0.06), (scale, t)
+        tempered = temper(probs, np.full(2, t))
+        assert _loss(y, tempered) <= _loss(y, probs) + 1e-9
+    assert fit_temperature(1 / (1 + np.exp(-50 * z)), y) == pytest.approx(4.0, rel=1e-3)  # range
+
+
+def test_stacker_tempers_the_mixture_and_reads_stackers_saved_without_temperature(
+    tmp_path: Path,
+) -> None:
+    """Two level-1 models that see independent halves of the evidence: their mixture is
+    underconfident, the stacker's temperature is below one (half of the fitted change by
+    default) and lowers the held-out loss;
+    a stacker.json without a temperature (saved before it existed) loads with T = 1."""
+    rng = np.random.default_rng(5)
+    n, classes = 1200, ["a", "b"]
+    z1, z2 = rng.normal(0, 1.5, (n, 2)), rng.normal(0, 1.5, (n, 2))
+    y = (rng.random((n, 2)) < 1 / (1 + np.exp(-(z1 + z2)))).astype(float)
+    ids = [f"c{i}" for i in range(n)]
+    level1 = {
+        m: pd.DataFrame(1 / (1 + np.exp(-zz)), index=ids, columns=classes)
+        for m, zz in (("m1", z1), ("m2", z2))
+    }
+    meta = pd.DataFrame(
+        {
+            c: 1.0
+            for c in ("file_size", "width", "height", "fps", "duration", "frame_count", "bitrate")
+        },
+        index=ids,
+    )
+    x = stack_inputs(level1, meta, ids, classes)
+    stacker = Stacker(classes, ("mean", "best"), params=BoostParams(threads=1))
+    stacker.fit(x.iloc[:800], y[:800])
+    assert (stacker.temperature_ < 0.9).all(), stacker.temperature_
+    # temperature_share: the default applies half of the fitted change of 1/T
+    fitted = clone(stacker).set_params(temperature_share=1.0).fit(x.iloc[:800], y[:800])
+    assert (fitted.temperature_ < stacker.temperature_).all()
+    np.testing.assert_allclose(1 / stacker.temperature_, (1 + 1 / fitted.temperature_) / 2)
+    assert stacker.choice["temperature"] == {
+        "a": stacker.temperature_[0],
+        "b": stacker.temperature_[1],
+    }
+    tempered = stacker.predict_proba(x.iloc[800:])
+    stacker.save(tmp_path / "s")
+    info = json.loads((tmp_path / "s" / "stacker.json").read_text())
+    del info["temperature"]
+    (tmp_path / "s" / "stacker.json").write_text(json.dumps(info))
+    old = Stacker.load(tmp_path / "s")
+    assert old.temperature_.tolist() == [1.0, 1.0]
+    untempered = old.predict_proba(x.iloc[800:])
+    assert _loss(y[800:], tempered) < _loss(y[800:], untempered) - 0.005
+
+
+def _loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def test_default_candidates_leave_out_trees_on_all_inputs(small_run: Path, tmp_path: Path) -> None:
