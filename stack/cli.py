@@ -89,10 +89,16 @@ def train_level2_command(
     except errors as exc:
         raise fail(err, str(exc)) from None
     err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))
-    weights = Run(run).metrics()["level2"]["chosen"]
+    level2 = Run(run).metrics()["level2"]
+    temperatures = [
+        sum(fold["temperature"].values()) / len(fold["temperature"])
+        for fold in level2["folds"].values()
+    ]
     err.print(
         "level-2 mixture weights (mean over folds and classes): "
-        + ", ".join(f"{name} {w:.2f}" for name, w in weights.items()),
+        + ", ".join(f"{name} {w:.2f}" for name, w in level2["chosen"].items())
+        + "; temperature per fold: "
+        + ", ".join(f"{t:.2f}" for t in temperatures),
         highlight=False,
     )
     err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)

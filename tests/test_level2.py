@@ -352,6 +352,13 @@ def test_default_candidates_leave_out_trees_on_all_inputs(small_run: Path, tmp_p
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "got best, trees_al" in result.stderr, result.output
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, [*args[:-1], "best,mean"])
+    assert result.exit_code == 0, result.output
+    folds = json.loads((run / "level2" / "model.json").read_text())["choices"]
+    temperatures = [sum(c["temperature"].values()) / len(c["temperature"]) for c in folds.values()]
+    assert len(temperatures) == len(read_folds(run / "folds.csv").unique())
+    printed = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "temperature per fold: " + ", ".join(f"{t:.2f}" for t in temperatures) in printed
 
 
 def test_cross_fit_gives_every_row_its_own_folds_model() -> None:
