@@ -140,9 +140,16 @@ def _save_fold(
 ) -> None:
     model.save(out_dir / f"fold_{fold}")
     choices[fold] = model.choice
+    per_class = {
+        json.dumps({n: round(w, 3) for n, w in weights.items()})
+        for weights in model.choice["weights"].values()
+    }
     temperature = sorted(set(np.round(model.temperature_, 3).tolist()))
     log.info(
-        "level 2 fold %d: weights %s, temperature %s", fold, model.choice["weights"], temperature
+        "level 2 fold %d: weights %s, temperature %s",
+        fold,
+        per_class.pop() if len(per_class) == 1 else model.choice["weights"],
+        temperature,
     )
 
 
