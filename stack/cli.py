@@ -90,15 +90,11 @@ def train_level2_command(
         raise fail(err, str(exc)) from None
     err.print(metrics_table(scores, title="out-of-fold scores (prior, level 1, level 2)"))
     level2 = Run(run).metrics()["level2"]
-    temperatures = [
-        sum(fold["temperature"].values()) / len(fold["temperature"])
-        for fold in level2["folds"].values()
-    ]
     err.print(
         "level-2 mixture weights (mean over folds and classes): "
         + ", ".join(f"{name} {w:.2f}" for name, w in level2["chosen"].items())
         + "; temperature per fold: "
-        + ", ".join(f"{t:.2f}" for t in temperatures),
+        + ", ".join(f"{t:.2f}" for t in level2["temperature"].values()),
         highlight=False,
     )
     err.print(f"level-2 models and OOF predictions in {Path(run) / 'level2'}", soft_wrap=True)

@@ -129,7 +129,11 @@ def train_level2(
     metrics["scores"] = {
         k: v for k, v in metrics["scores"].items() if not k.startswith("level2")
     } | {"level2": evaluate(targets, oof, classes)}
-    metrics["level2"] = {"chosen": picked, "folds": info["choices"]}
+    metrics["level2"] = {
+        "chosen": picked,
+        "temperature": _fold_temperatures(choices),
+        "folds": info["choices"],
+    }
     run.write_json("metrics.json", metrics)
     log.info("level 2 mixture weights (mean over folds and classes): %s", picked)
     return metrics["scores"]
@@ -158,6 +162,11 @@ def _mean_weights(choices: dict[int, dict], candidates: tuple[str, ...]) -> dict
     rows = [w for c in choices.values() for w in c["weights"].values()]
     means = {n: float(np.mean([w.get(n, 0.0) for w in rows])) for n in candidates}
     return {n: round(v, 3) for n, v in means.items() if v > 0}
+
+
+def _fold_temperatures(choices: dict[int, dict]) -> dict[str, float]:
+    """Each fold's mixture temperature, averaged over classes."""
+    return {str(f): float(np.mean(list(c["temperature"].values()))) for f, c in choices.items()}
 
 
 def load_level2(run: Path | str) -> tuple[dict, dict[int, Stacker]]:
