@@ -62,7 +62,13 @@ class FeaturesConfig(BaseModel):
     )
     pooling: Literal["avg", "max", "avgmax"] = "avg"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    workers: int = Field(2, ge=0, le=64, description="decoder processes (0: decode in-process)")
+    workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="decoder processes (0: decode in-process; with NVDEC, one process decodes "
+        "only the clips NVDEC cannot)",
+    )
     decoder: Literal["auto", "cpu", "nvdec"] = Field(
         "cpu",  # auto once the GPU tests (tests/test_nvdec_gpu.py) have passed on a GPU
         description="auto: NVDEC (the GPU's video engines, needs jungle[gpu]) on a CUDA device "

@@ -1,42 +1,49 @@
-"""Decoding with NVDEC threads and CPU decoder processes in one run (``decoder: nvdec``).
+"""NVDEC threads and CPU decoder processes taking clips from one queue (``decoder: nvdec``).
 
 :func:`decode_hybrid` yields ``(clip, item)`` like :func:`extract.workers.decode_in_workers`
-(items of :func:`extract.workers.decode_item`), in two phases:
+(items of :func:`extract.workers.decode_item`), in the order the clips finish:
 
-1. GPU phase: a pool of ``threads`` threads in this process probes the clips in order (at
-   most ``2 * threads`` ahead of the one yielded next); a video whose stream the gate
-   accepts (:func:`extract.nvdec.nvdec_accepts`) is decoded by the GPU decoder in that
-   thread and its frames stay on the GPU. A clip the gate refuses, a photo sequence, and a
-   clip NVDEC cannot decode are set aside for the CPU.
-2. CPU phase: the set-aside clips go through the crash-containing decoder processes of
-   :func:`extract.workers.decode_in_workers`.
+* The videos wait in one queue. ``threads`` NVDEC threads in this process and the
+  crash-containing decoder processes of :mod:`extract.workers` take clips from its front
+  whenever they are free, so both kinds of decoder work at once and neither waits for the
+  other to finish its share.
+* An NVDEC thread probes its clip. A stream the gate accepts
+  (:func:`extract.nvdec.nvdec_accepts`) is decoded by the GPU decoder in that thread, and
+  its frames stay on the GPU. A clip the gate refuses or NVDEC fails on goes to a second
+  queue that only the decoder processes take from, as do photo sequences and the suspects
+  of dead runs. With ``workers=0`` the processes take clips from that second queue only
+  (one process is started when it has clips): NVDEC decodes everything it can.
+* Memory is bounded: a thread holds one clip, at most ``threads`` decoded clips wait for
+  the consumer (then the threads wait), and a decoder process holds one clip.
 
 Crash safety: probing (ffmpeg) and NVDEC run inside this process, so a crash in either
-kills the run. Before a clip is probed, ``start<TAB>id`` is appended to the journal
-``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (``end<TAB>id`` once it is
-decoded or set aside; the format of :mod:`extract.workers`). Any error of NVDEC on a clip
-(including CUDA running out of memory) sends the clip to the CPU. A clip whose GPU decode
-takes longer than ``timeout`` becomes a failed row; its thread is abandoned and the journal
-is kept, so a rerun decodes it on the CPU. A rerun reads the journals of dead runs
-(:func:`extract.workers.suspects`): their clips skip NVDEC and go to the CPU phase, whose
-decoder pool treats them as suspects (an isolated process; a second crash makes the clip
-a failed row). So a clip that crashes NVDEC is retried once on the CPU path and never
-loops.
+kills the run. The journal ``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (format
+of :mod:`extract.workers`) has ``start<TAB>id`` from before a thread probes a clip, or
+before a clip is handed to a decoder process, and ``end<TAB>id`` once it is decoded or set
+aside. Any error of NVDEC on a clip (including CUDA running out of memory) sends the clip
+to the decoder processes. A clip whose GPU decode takes longer than ``timeout`` becomes a
+failed row; its thread is abandoned (a new one takes its place) and the journal is kept,
+so a rerun decodes the clip on the CPU. A rerun reads the journals of dead runs
+(:func:`extract.workers.take_over_journals`): their clips skip NVDEC and go to the decoder
+processes, whose crash rule applies (a clip that kills its process is retried once in a
+fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
+path and never loops.
 
-Still to do (issue 11): one clip queue shared by both kinds of decoder at once (today the
-CPU phase starts when the GPU phase ends), decoders reused across clips
-(``reconfigure_decoder``), and measurements on a GPU.
+Still to do (issue 11): decoders reused across clips (``reconfigure_decoder``; PyNvVideoCodec
+2.2.0 is reported to return fewer frames than asked after it, which
+:class:`extract.nvdec.NvdecDecoder` would turn into a CPU decode), and measurements on a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from extract.decode import DecodedClip
@@ -44,10 +51,11 @@ from extract.discover import Clip
 from extract.probe import DecodeError, VideoInfo, probe
 from extract.workers import (
     WAKE_S,
+    _CrashRule,
     _Journal,
-    decode_in_workers,
+    _Pool,
     decoded_item,
-    suspects,
+    take_over_journals,
     video_meta,
 )
 
@@ -57,28 +65,30 @@ log = logging.getLogger(__name__)
 GpuDecode = Callable[[Path, VideoInfo, int, tuple[int, int]], DecodedClip]
 #: the gate: whether a stream goes to the GPU decoder.
 Gate = Callable[[VideoInfo], bool]
-#: the journal file suffix of the GPU phase.
+#: the journal file suffix of a hybrid run.
 JOURNAL_SUFFIX = "-nvdec"
+#: seconds the end of a run waits for NVDEC threads still decoding (Ctrl-C, an error):
+#: clips they have not finished by then stay in the journal and are suspects next time.
+_JOIN_S = 5.0
 
 
 class _LockedJournal:
-    """The GPU phase's journal, written from several threads; ``dead`` (clips of dead runs)
-    are written as started at once, so they stay suspect if this run dies too."""
+    """A journal written from several threads; writes after :meth:`remove` are dropped."""
 
-    def __init__(self, journal_dir: Path | None, dead: set[str]) -> None:
-        self._journal = _Journal(journal_dir, JOURNAL_SUFFIX) if journal_dir else None
+    def __init__(self, journal: _Journal | None) -> None:
+        self._journal = journal
         self._lock = threading.Lock()
-        for clip_id in sorted(dead):
-            self.write("start", clip_id)
 
     def write(self, kind: str, clip_id: str) -> None:
-        if self._journal is not None:
-            with self._lock:
+        with self._lock:
+            if self._journal is not None:
                 self._journal.write(kind, clip_id)
 
     def remove(self) -> None:
-        if self._journal is not None:
-            self._journal.remove()
+        with self._lock:
+            if self._journal is not None:
+                self._journal.remove()
+                self._journal = None
 
 
 def _gpu_item(
@@ -112,19 +122,130 @@ def _gpu_item(
     return decoded_item(decoded, video_meta(info, decoded))
 
 
-_STUCK: dict = {}
+class _GpuThreads:
+    """The NVDEC threads: each takes a clip index from ``shared``, decodes it
+    (:func:`_gpu_item`) and puts ``(index, item or None)`` in a bounded queue, writing a
+    byte to :attr:`wake_fd`'s pipe so that the main thread's wait ends at once."""
 
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        shared: deque[int],
+        decode: Callable[[Clip], dict | None],
+        threads: int,
+        timeout: float,
+    ) -> None:
+        self.clips = clips
+        self.shared = shared
+        self.decode = decode
+        self.timeout = timeout
+        self.lock = threading.Lock()  # guards shared, _inflight, _abandoned, _pending
+        self.done: queue.Queue[tuple[int, dict | None]] = queue.Queue(maxsize=threads)
+        self.stop = threading.Event()
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+        self._inflight: dict[int, tuple[int, float]] = {}  # thread number → (clip, since)
+        self._abandoned: set[int] = set()  # thread numbers
+        self._pending = 0  # clips taken by a thread and not yet in ``done`` nor abandoned
+        self._threads: list[threading.Thread] = []
+        for _ in range(threads):
+            self._start()
 
-def _result(job: Future, timeout: float) -> dict | None:
-    """``job``'s result, or :data:`_STUCK` after ``timeout`` seconds; waits in slices of
-    :data:`extract.workers.WAKE_S` so that a Ctrl-C received by another thread is acted on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return job.result(timeout=max(0.0, min(WAKE_S, deadline - time.monotonic())))
-        except TimeoutError:
-            if time.monotonic() >= deadline:
-                return _STUCK
+    def _start(self) -> None:
+        number = len(self._threads)
+        thread = threading.Thread(
+            target=self._loop, args=(number,), name=f"nvdec-{number}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def take(self) -> int | None:
+        """The next clip of the shared queue for a decoder process, or None."""
+        with self.lock:
+            return self.shared.popleft() if self.shared else None
+
+    def _loop(self, number: int) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                if not self.shared:
+                    return
+                index = self.shared.popleft()
+                self._inflight[number] = (index, time.monotonic())
+                self._pending += 1
+            try:
+                item = self.decode(self.clips[index])
+            except Exception as exc:  # a bug must not lose the clip or hang the run
+                item = {"ok": False, "reason": f"unexpected decoder error: {exc!r}"}
+            with self.lock:
+                self._inflight.pop(number, None)
+                if number in self._abandoned:
+                    return  # its clip was failed for taking too long
+            while not self.stop.is_set():
+                try:
+                    self.done.put((index, item), timeout=WAKE_S)
+                    break
+                except queue.Full:
+                    continue
+            with self.lock:
+                self._pending -= 1
+            with contextlib.suppress(OSError):  # a full pipe already wakes the main thread
+                os.write(self._wake_w, b"\0")
+
+    def collect(self) -> list[tuple[int, dict | None]]:
+        """What the threads finished since the last call, and a failure for each clip a
+        thread has held for longer than ``timeout`` (that thread is abandoned, and a new
+        one started in its place)."""
+        with contextlib.suppress(OSError):
+            os.read(self.wake_fd, 65536)
+        out: list[tuple[int, dict | None]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.done.get_nowait())
+        now = time.monotonic()
+        with self.lock:
+            late = [
+                (number, index)
+                for number, (index, since) in self._inflight.items()
+                if now - since > self.timeout
+            ]
+            for number, _ in late:
+                del self._inflight[number]
+                self._abandoned.add(number)
+                self._pending -= 1
+        for _, index in late:
+            reason = f"NVDEC took longer than {self.timeout:g} s and was abandoned"
+            log.warning("%s: %s", self.clips[index].path, reason)
+            out.append((index, {"ok": False, "reason": reason}))
+            if not self.stop.is_set():
+                self._start()
+        return out
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether a thread was abandoned on a clip (its journal line must stay)."""
+        return bool(self._abandoned)
+
+    def busy(self) -> bool:
+        """Whether a thread holds or will take a clip, or a result waits."""
+        with self.lock:
+            return bool(self._pending) or bool(self.shared) or not self.done.empty()
+
+    def close(self) -> bool:
+        """Stop the threads; True when every one ended (within :data:`_JOIN_S`) without
+        a clip in hand."""
+        self.stop.set()
+        deadline = time.monotonic() + _JOIN_S
+        for number, thread in enumerate(self._threads):
+            if number not in self._abandoned:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        clean = not any(
+            t.is_alive() for n, t in enumerate(self._threads) if n not in self._abandoned
+        )
+        for fd in (self.wake_fd, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return clean
 
 
 def decode_hybrid(
@@ -140,66 +261,97 @@ def decode_hybrid(
     accepts: Gate,
 ) -> Iterator[tuple[Clip, dict]]:
     """Decode ``clips`` with ``gpu_decode`` in ``threads`` threads where ``accepts`` the
-    stream, and with CPU decoder processes otherwise (module docstring); yields every
-    clip once. ``workers``, ``timeout``, ``journal_dir``: as for
-    :func:`extract.workers.decode_in_workers` (the CPU phase).
+    stream, and with ``workers`` CPU decoder processes, all taking clips from one queue
+    (module docstring); yields every clip once. ``timeout``, ``journal_dir``: as for
+    :func:`extract.workers.decode_in_workers`. Closing the generator stops the threads
+    and kills the processes.
 
     Raises:
-        ValueError: ``threads < 1``.
+        ValueError: ``threads < 1``, ``workers < 0`` or ``timeout <= 0``.
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    dead = suspects(journal_dir, include_own=True) if journal_dir is not None else set()
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    return _hybrid(
+        list(clips), gpu_decode, frames, size, threads, workers, timeout, journal_dir, accepts
+    )
+
+
+def _hybrid(
+    clips: list[Clip],
+    gpu_decode: GpuDecode,
+    frames: int,
+    size: int,
+    threads: int,
+    workers: int,
+    timeout: float,
+    journal_dir: Path | None,
+    accepts: Gate,
+) -> Iterator[tuple[Clip, dict]]:
+    journal = _LockedJournal(None)
+    dead: set[str] = set()
+    if journal_dir is not None:
+        own, dead = take_over_journals(Path(journal_dir), JOURNAL_SUFFIX)
+        journal = _LockedJournal(own)
     if dead:
         log.warning(
             "%d clip(s) were being decoded when an earlier run died: decoding them on the CPU",
             len(dead),
         )
-    cpu: list[Clip] = []
-    journal = _LockedJournal(journal_dir, dead)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="nvdec")
-    stuck = False
+    cpu_only: deque[int] = deque()
+    shared: deque[int] = deque()
+    for index, clip in enumerate(clips):
+        (cpu_only if clip.is_sequence or clip.clip_id in dead else shared).append(index)
+    rule = _CrashRule(clips, journal, timeout)
+    pool = _Pool(frames, size, "cpu", timeout)
+    gpu: _GpuThreads | None = None
+    on_gpu = 0
     try:
-        window: deque[tuple[Clip, Future]] = deque()
-        queue = iter(clips)
-
-        def fill() -> None:
-            while len(window) < 2 * threads:
-                clip = next(queue, None)
-                if clip is None:
-                    return
-                if clip.is_sequence or clip.clip_id in dead:
-                    cpu.append(clip)
-                    continue
-                job = pool.submit(_gpu_item, clip, gpu_decode, accepts, frames, size, journal)
-                window.append((clip, job))
-
-        fill()
-        while window:
-            clip, job = window.popleft()
-            item = _result(job, timeout)
-            if item is _STUCK:  # its thread is abandoned; the journal keeps it suspect
-                stuck = True
-                item = {"ok": False, "reason": f"NVDEC took longer than {timeout:g} s"}
-            fill()
-            if item is None:
-                cpu.append(clip)
-            else:
-                yield clip, item
-    finally:
-        pool.shutdown(wait=not stuck, cancel_futures=True)
-        if not stuck:  # every clip handed to NVDEC has ended (or this run is stopping)
-            journal.remove()
-    log.info("GPU phase done; %d clip(s) left for the CPU decoders", len(cpu))
-    with contextlib.closing(
-        decode_in_workers(
-            cpu,
-            frames=frames,
-            size=size,
-            device="cpu",
-            workers=workers,
-            timeout=timeout,
-            journal_dir=journal_dir,
+        gpu = _GpuThreads(
+            clips,
+            shared,
+            lambda clip: _gpu_item(clip, gpu_decode, accepts, frames, size, journal),
+            threads,
+            timeout,
         )
-    ) as items:
-        yield from items
+        remaining = len(clips)
+        while remaining:
+            if pool.workers:
+                rule.handle(pool.poll(block=False))
+            for index, item in gpu.collect():
+                if item is None:
+                    cpu_only.append(index)
+                else:
+                    on_gpu += bool(item["ok"])
+                    rule.results[index] = item
+            # the processes: retries (fresh workers), set-aside clips, then the shared queue
+            rule.give_retries(pool)
+            while (worker := pool.idle()) is not None:
+                index = cpu_only.popleft() if cpu_only else (gpu.take() if workers else None)
+                if index is None:
+                    break
+                if not rule.give(pool, worker, index):
+                    cpu_only.appendleft(index)
+            with gpu.lock:
+                queued = len(shared) if workers else 0
+            pool.spawn_for(len(rule.retry) + len(cpu_only) + queued, max(workers, 1))
+            if rule.results:
+                index = next(iter(rule.results))
+                item = rule.results.pop(index)
+                remaining -= 1
+                yield clips[index], item
+                continue
+            if not pool.workers and not gpu.busy():
+                raise RuntimeError(f"{remaining} clip(s) left but none is being decoded (a bug)")
+            rule.handle(pool.poll(wake=gpu.wake_fd))
+    finally:
+        try:
+            pool.close()
+        finally:
+            # as in extract.workers: the journal goes unless a thread may still be decoding
+            if gpu is None or (gpu.close() and not gpu.abandoned):
+                journal.remove()
+    log.info("NVDEC decoded %d of %d clip(s)", on_gpu, len(clips))

@@ -421,8 +421,9 @@ def _decoded(
     """Decoded items in clip order (:func:`extract.workers.decode_in_workers`): a clip whose
     decoder crashes is retried once in a fresh process, then failed; one that hangs past
     ``clip_timeout`` is failed; clips in flight are journalled in ``parts``. With
-    ``decoder: nvdec``, NVDEC's clips first, then the CPU's
-    (:func:`extract.hybrid.decode_hybrid`); nothing downstream depends on the order."""
+    ``decoder: nvdec``, NVDEC threads and the decoder processes share one clip queue
+    (:func:`extract.hybrid.decode_hybrid`) and clips come in the order they finish;
+    nothing downstream depends on the order."""
     workers = config.workers
     if config.decoder == "nvdec":
         from extract.hybrid import decode_hybrid

@@ -280,6 +280,21 @@ def _read_journals(journal_dir: Path, include_own: bool) -> tuple[set[str], list
     return found, read
 
 
+def take_over_journals(journal_dir: Path, suffix: str = "") -> tuple[_Journal, set[str]]:
+    """Start this run's journal (file name + ``suffix``) in ``journal_dir``: the clips that
+    runs which died were decoding (:func:`suspects`, this process's stale file included)
+    are written to it as started, so they stay suspect until this run ends cleanly, and the
+    dead runs' files are removed. Returns the journal and those clip ids."""
+    dead, files = _read_journals(journal_dir, include_own=True)
+    journal = _Journal(journal_dir, suffix)
+    for clip_id in sorted(dead):
+        journal.write("start", clip_id)
+    for path in files:
+        if path != journal.path:
+            path.unlink(missing_ok=True)
+    return journal, dead
+
+
 class _Journal:
     """This pool's in-flight journal: one line per event, flushed (not fsynced) at once."""
 
@@ -444,6 +459,12 @@ class _Pool:
     def starting(self) -> int:
         return sum(not w.ready for w in self.workers)
 
+    def spawn_for(self, waiting: int, slots: int) -> None:
+        """Start workers for ``waiting`` clips beyond those already starting, up to
+        ``slots`` workers in all."""
+        for _ in range(min(waiting - self.starting(), slots - len(self.workers))):
+            self.spawn()
+
     def idle(self, fresh: bool = False) -> _Worker | None:
         for w in self.workers:
             if w.ready and w.index is None and (w.decoded == 0 or not fresh):
@@ -462,9 +483,10 @@ class _Pool:
         worker.since = time.monotonic()
         return True
 
-    def poll(self, block: bool = True) -> list[_Event]:
-        """Wait (unless not ``block``) until a worker reports, dies or runs out of time, or
-        at most :data:`WAKE_S`; return what happened (maybe nothing)."""
+    def poll(self, block: bool = True, wake: int | None = None) -> list[_Event]:
+        """Wait (unless not ``block``) until a worker reports, dies or runs out of time, the
+        file descriptor ``wake`` (if any) is readable, or at most :data:`WAKE_S`; return
+        what happened to the workers (maybe nothing)."""
         deadlines = [self._deadline(w) for w in self.workers]
         wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         if wait_s is not None and math.isinf(wait_s):
@@ -472,6 +494,8 @@ class _Pool:
         wait_s = 0.0 if not block else min(WAKE_S, WAKE_S if wait_s is None else wait_s)
         handles: list[Any] = [w.conn for w in self.workers]
         handles += [w.pidfd for w in self.workers if w.pidfd is not None]
+        if wake is not None:
+            handles.append(wake)
         ready = set(wait(handles, timeout=wait_s))
         events: list[_Event] = []
         for w in list(self.workers):
@@ -573,14 +597,7 @@ def _decode(
     try:
         isolated: set[int] = set()
         if journal_dir is not None:
-            journal_dir = Path(journal_dir)
-            dead, files = _read_journals(journal_dir, include_own=True)
-            journal = _Journal(journal_dir)
-            for clip_id in sorted(dead):  # keep them suspect until this run ends cleanly
-                journal.write("start", clip_id)
-            for path in files:
-                if path != journal.path:
-                    path.unlink(missing_ok=True)
+            journal, dead = take_over_journals(Path(journal_dir))
             isolated = {i for i, c in enumerate(clips) if c.clip_id in dead}
             if isolated:
                 log.warning(
@@ -601,6 +618,64 @@ def _decode(
                 journal.remove()
 
 
+class _CrashRule:
+    """What the pool's events mean for their clips (the crash rule of the module docstring):
+    a decoded clip's item is kept in :attr:`results` (and ``end`` journalled); a clip that
+    timed out becomes a failure; a clip whose decoder died is queued in :attr:`retry` for a
+    fresh decoder the first time and becomes a failure the second time. ``journal`` is
+    anything with ``write(kind, clip_id)``, or None."""
+
+    def __init__(self, clips: Sequence[Clip], journal: Any, timeout: float) -> None:
+        self.clips = clips
+        self.journal = journal
+        self.timeout = timeout
+        self.results: dict[int, dict] = {}
+        #: clips whose decoder died once: next to a fresh worker
+        self.retry: deque[int] = deque()
+        self._deaths: dict[int, int] = {}
+
+    def note(self, kind: str, index: int) -> None:
+        """Journal ``start`` or ``end`` of clip ``index``."""
+        if self.journal is not None:
+            self.journal.write(kind, self.clips[index].clip_id)
+
+    def give(self, pool: _Pool, worker: _Worker, index: int) -> bool:
+        """Journal clip ``index`` as started and hand it to ``worker`` (:meth:`_Pool.give`)."""
+        self.note("start", index)
+        return pool.give(worker, index, self.clips[index])
+
+    def give_retries(self, pool: _Pool) -> None:
+        """Hand the clips to retry to fresh idle workers, as long as there are some."""
+        while self.retry and (worker := pool.idle(fresh=True)) is not None:
+            if self.give(pool, worker, self.retry[0]):
+                self.retry.popleft()
+
+    def handle(self, events: list[_Event]) -> None:
+        """Apply the crash rule to ``events`` of :meth:`_Pool.poll`."""
+        for event in events:
+            clip = self.clips[event.index]
+            if event.kind == "done":
+                self.note("end", event.index)
+                assert event.item is not None
+                self.results[event.index] = event.item
+            elif event.kind == "timeout":
+                reason = (
+                    f"decoding took longer than clip_timeout ({self.timeout:g} s) and was abandoned"
+                )
+                log.warning("%s: %s", clip.path, reason)
+                self.results[event.index] = {"ok": False, "reason": reason}
+            else:
+                self._deaths[event.index] = self._deaths.get(event.index, 0) + 1
+                if self._deaths[event.index] == 1:
+                    log.warning(
+                        "%s: %s; retrying it in a fresh decoder process", clip.path, event.reason
+                    )
+                    self.retry.append(event.index)
+                else:
+                    log.warning("%s: %s again; giving up on this clip", clip.path, event.reason)
+                    self.results[event.index] = {"ok": False, "reason": event.reason}
+
+
 def _schedule(
     clips: list[Clip],
     pool: _Pool,
@@ -612,47 +687,17 @@ def _schedule(
 ) -> Iterator[tuple[Clip, dict]]:
     frames, size, device = pool.frames, pool.size, pool.device
     ahead = AHEAD_PER_WORKER * max(workers, 1)
-    results: dict[int, dict] = {}
-    deaths: dict[int, int] = {}
-    retry: deque[int] = deque()  # clips whose decoder died once: next to a fresh worker
+    rule = _CrashRule(clips, journal, timeout)
+    results, retry = rule.results, rule.retry
     next_yield = next_give = 0
-
-    def note(kind: str, index: int) -> None:
-        if journal is not None:
-            journal.write(kind, clips[index].clip_id)
-
-    def handle(events: list[_Event]) -> None:
-        for event in events:
-            clip = clips[event.index]
-            if event.kind == "done":
-                note("end", event.index)
-                assert event.item is not None
-                results[event.index] = event.item
-            elif event.kind == "timeout":
-                reason = f"decoding took longer than clip_timeout ({timeout:g} s) and was abandoned"
-                log.warning("%s: %s", clip.path, reason)
-                results[event.index] = {"ok": False, "reason": reason}
-            else:
-                deaths[event.index] = deaths.get(event.index, 0) + 1
-                if deaths[event.index] == 1:
-                    log.warning(
-                        "%s: %s; retrying it in a fresh decoder process", clip.path, event.reason
-                    )
-                    retry.append(event.index)
-                else:
-                    log.warning("%s: %s again; giving up on this clip", clip.path, event.reason)
-                    results[event.index] = {"ok": False, "reason": event.reason}
 
     while next_yield < len(clips):
         if pool.workers:  # collect what finished while the consumer had the clip before
-            handle(pool.poll(block=False))
+            rule.handle(pool.poll(block=False))
         # hand out work before yielding, so decoders run while the consumer works:
         # retries first (to fresh workers), then clips in order
         next_give = max(next_give, next_yield)
-        while retry and (worker := pool.idle(fresh=True)) is not None:
-            note("start", retry[0])
-            if pool.give(worker, retry[0], clips[retry[0]]):
-                retry.popleft()
+        rule.give_retries(pool)
         while next_give < min(len(clips), next_yield + ahead):
             if workers == 0 and next_give not in isolated:
                 next_give += 1  # decoded in this process when its turn comes
@@ -660,26 +705,24 @@ def _schedule(
             worker = pool.idle()
             if worker is None:
                 break
-            note("start", next_give)
-            if pool.give(worker, next_give, clips[next_give]):
+            if rule.give(pool, worker, next_give):
                 next_give += 1
         waiting = len(retry) + sum(
             1
             for i in range(next_give, min(len(clips), next_yield + ahead))
             if workers or i in isolated
         )
-        for _ in range(min(waiting - pool.starting(), slots - len(pool.workers))):
-            pool.spawn()
+        pool.spawn_for(waiting, slots)
         if next_yield in results:
             yield clips[next_yield], results.pop(next_yield)
             next_yield += 1
         elif workers == 0 and next_yield not in isolated:
-            note("start", next_yield)
+            rule.note("start", next_yield)
             item = decode_item(clips[next_yield], frames, size, device)
-            note("end", next_yield)
+            rule.note("end", next_yield)
             yield clips[next_yield], item
             next_yield += 1
         elif pool.workers:
-            handle(pool.poll())
+            rule.handle(pool.poll())
         else:
             raise RuntimeError(f"decoder pool has no worker for clip {next_yield} (a bug)")

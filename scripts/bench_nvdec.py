@@ -5,7 +5,8 @@ On the real 720x404 clips of ../shared/data/chimpandsee looped to --clips symlin
 * NVDEC-only decode clips/s (:class:`extract.nvdec.NvdecDecoder` in 1, 4, 8 and 16
   threads, the frames left on the GPU);
 * CPU-only decode clips/s (the crash-containing decoder processes, --workers of them);
-* the GPU-then-CPU scheduler (:func:`extract.hybrid.decode_hybrid`) on the same clips;
+* the hybrid scheduler (:func:`extract.hybrid.decode_hybrid`: 8 NVDEC threads and the
+  decoder processes taking clips from one queue) on the same clips;
 * CNN-only clips/s (fp16 autocast, frames already on the GPU);
 * end-to-end ``extract_features`` clips/s with ``decoder: cpu`` and ``decoder: nvdec``.
 
@@ -105,7 +106,7 @@ def main() -> None:
             workers=args.workers, timeout=300, journal_dir=None, accepts=nvdec_accepts,
         )  # fmt: skip
         n = sum(1 for _ in items)
-        print(f"GPU then CPU (hybrid)   {_rate(n, time.perf_counter() - start)}")
+        print(f"hybrid, one queue       {_rate(n, time.perf_counter() - start)}")
 
         backbone = build_backbone()
         extractor = TapExtractor(backbone, device)

@@ -5,9 +5,13 @@ the gate of streams sent to NVDEC, the decoder setting's errors, and the hybrid 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -113,6 +117,7 @@ def test_decoder_setting_auto_falls_back_to_the_cpu_and_nvdec_is_a_clear_error(
 def test_hybrid_scheduler_routes_streams_journals_and_sends_suspects_to_the_cpu(
     tmp_path: Path,
 ) -> None:
+    # workers=0: the decoder process takes only the clips NVDEC cannot have
     videos = tmp_path / "videos"
     videos.mkdir()
     indexed_clip(videos / "a.mp4", 30)
@@ -132,7 +137,7 @@ def test_hybrid_scheduler_routes_streams_journals_and_sends_suspects_to_the_cpu(
 
     def run() -> dict[str, dict]:
         items = decode_hybrid(
-            clips, gpu_decode=gpu_decode, frames=6, size=64, threads=2, workers=1,
+            clips, gpu_decode=gpu_decode, frames=6, size=64, threads=2, workers=0,
             timeout=60, journal_dir=parts, accepts=nvdec_accepts,
         )  # fmt: skip
         return {clip.clip_id: item for clip, item in items}
@@ -156,3 +161,108 @@ def test_hybrid_scheduler_routes_streams_journals_and_sends_suspects_to_the_cpu(
     assert on_gpu == ["c.mp4"] and items["a.mp4"]["ok"]
     assert items["a.mp4"]["meta"]["decoder"] == "decord"
     assert not list(parts.glob("inflight-*.log"))
+
+
+def _stand_in(decoded_by: list[str], delay: float = 0.0, hang: str = "", release=None):
+    """A GPU decoder for the CPU: the CPU decoder in the NVDEC threads, recording which
+    clips it decoded and marking their items ``nvdec``; it sleeps ``delay`` seconds per
+    clip and waits for ``release`` on the clip named ``hang``."""
+
+    def gpu_decode(path, info, frames, size):
+        if path.name == hang:
+            release.wait(60)
+        time.sleep(delay)
+        decoded_by.append(path.name)
+        return dataclasses.replace(decode_clip(path, info, frames, size), decoder="nvdec")
+
+    return gpu_decode
+
+
+def _assert_exact(item: dict) -> None:
+    assert item["ok"], item
+    decoded = [read_index(f) for f in item["frames"][item["rows"]]]
+    assert decoded == list(item["frame_index"])
+
+
+def test_hybrid_threads_and_processes_take_clips_from_one_queue(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(10):
+        indexed_clip(videos / f"v{i}.mp4", 12)
+    clips = discover(videos)[1]
+    on_gpu: list[str] = []
+    # one slow NVDEC thread and one decoder process: both must take NVDEC's clips
+    items = decode_hybrid(
+        clips, gpu_decode=_stand_in(on_gpu, delay=0.4), frames=4, size=32, threads=1,
+        workers=1, timeout=60, journal_dir=tmp_path / "parts", accepts=nvdec_accepts,
+    )  # fmt: skip
+    got = {clip.clip_id: item for clip, item in items}
+    assert sorted(got) == sorted(c.clip_id for c in clips)  # every clip once
+    by = {name: item["meta"]["decoder"] for name, item in got.items()}
+    assert sorted(n for n, d in by.items() if d == "nvdec") == sorted(on_gpu)
+    assert 1 <= len(on_gpu) <= 9, by  # both kinds of decoder worked
+    for item in got.values():
+        _assert_exact(item)
+    assert not list((tmp_path / "parts").glob("inflight-*.log"))
+
+
+def test_hybrid_abandons_a_stuck_nvdec_clip_and_a_rerun_decodes_it_on_the_cpu(
+    tmp_path: Path,
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b", "c", "d"):
+        indexed_clip(videos / f"{name}.mp4", 12)
+    clips = discover(videos)[1]
+    parts = tmp_path / "parts"
+    release = threading.Event()
+    on_gpu: list[str] = []
+    try:
+        items = decode_hybrid(
+            clips, gpu_decode=_stand_in(on_gpu, hang="b.mp4", release=release), frames=4,
+            size=32, threads=1, workers=0, timeout=2, journal_dir=parts,
+            accepts=nvdec_accepts,
+        )  # fmt: skip
+        got = {clip.clip_id: item for clip, item in items}
+        # the thread that took b.mp4 was replaced: NVDEC decoded all the others
+        assert sorted(on_gpu) == ["a.mp4", "c.mp4", "d.mp4"]
+        assert not got["b.mp4"]["ok"]
+        assert "NVDEC took longer than 2 s" in got["b.mp4"]["reason"]
+        journals = list(parts.glob("inflight-*.log"))
+        assert len(journals) == 1 and "start\tb.mp4" in journals[0].read_text()
+    finally:
+        release.set()
+    on_gpu = []  # (the abandoned thread may still append b.mp4 to the first list)
+    got = {
+        clip.clip_id: item
+        for clip, item in decode_hybrid(
+            clips, gpu_decode=_stand_in(on_gpu), frames=4, size=32, threads=1, workers=0,
+            timeout=60, journal_dir=parts, accepts=nvdec_accepts,
+        )
+    }  # fmt: skip
+    assert got["b.mp4"]["meta"]["decoder"] == "decord" and "b.mp4" not in on_gpu
+    _assert_exact(got["b.mp4"])
+    assert not list(parts.glob("inflight-*.log"))
+
+
+def test_closing_the_hybrid_early_stops_its_threads_and_processes(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(8):
+        indexed_clip(videos / f"v{i}.mp4", 12)
+    indexed_clip(videos / "w.mkv", 12, "h264_mkv")
+    clips = discover(videos)[1]
+    items = decode_hybrid(
+        clips, gpu_decode=_stand_in([], delay=0.3), frames=4, size=32, threads=2,
+        workers=2, timeout=60, journal_dir=tmp_path / "parts", accepts=nvdec_accepts,
+    )  # fmt: skip
+    with contextlib.closing(items):
+        next(items)
+        assert any(t.name.startswith("nvdec-") for t in threading.enumerate())
+    assert not any(t.name.startswith("nvdec-") for t in threading.enumerate())
+    children = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "-f", "extract.workers"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    assert children == []
+    assert not list((tmp_path / "parts").glob("inflight-*.log"))
