@@ -41,11 +41,11 @@ from extract.store import (
     ClipFeatures,
     Failure,
     ShardBuffer,
+    ShardWriter,
     StoreError,
     fsync_dir,
     identity_table,
     read_extraction,
-    write_shard,
 )
 from extract.thumbnails import ClipFrames, Thumbnailer
 from extract.workers import decode_in_workers
@@ -479,7 +479,7 @@ def _process(
         results = ray_results(todo, config, image_size, thumbnails)
     else:
         results = _local_results(todo, backbone, config, device, image_size, parts, thumbnails)
-    layers = list(backbone.taps)
+    writer = ShardWriter(backbone.taps, attrs)
     run_stamp = f"{time.time_ns():020d}"
     buffer = ShardBuffer()
     shard_no = 0
@@ -488,7 +488,7 @@ def _process(
     def flush() -> None:
         nonlocal buffer, shard_no
         if len(buffer):
-            write_shard(parts / f"shard-{run_stamp}-{shard_no:06d}.h5", buffer, layers, attrs)
+            writer.submit(parts / f"shard-{run_stamp}-{shard_no:06d}.h5", buffer)
             shard_no += 1
             buffer = ShardBuffer()
 
@@ -506,7 +506,10 @@ def _process(
                         flush()
         finally:  # also on Ctrl-C / SIGTERM: keep what is finished
             processed += len(buffer)
-            flush()
+            try:
+                flush()
+            finally:
+                writer.close()
     return processed
 
 
@@ -536,9 +539,14 @@ def _local_results(
 class FrameBatcher:
     """Feeds the CNN fixed-size batches of frames drawn from consecutive clips.
 
-    Every forward pass has exactly ``batch_frames`` frames (the last one is padded), so a
-    clip's features do not depend on which other clips shared its batch: a resumed run
-    writes the same numbers as an uninterrupted one. With ``thumbnails``, the clips finished
+    Every forward pass has exactly ``batch_frames`` frames (the last one is padded with its
+    last frame), so a clip's features do not depend on which other clips shared its batch:
+    a resumed run writes the same numbers as an uninterrupted one. Frames are copied once,
+    into a batch buffer allocated on the CNN's device for the whole run (no concatenation
+    per batch). On CUDA, frames decoded on the CPU go through a page-locked (pinned)
+    staging buffer, so their copy to the GPU is asynchronous; NVDEC's frames are on the GPU
+    already. The staging buffer is reused once a pass's outputs are back on the CPU, which
+    waits for the pass and the copies before it. With ``thumbnails``, the clips finished
     by a pass get their thumbnails written then, while their frames are still here.
     """
 
@@ -553,38 +561,58 @@ class FrameBatcher:
         self.thumbnails = thumbnails
         self.layers = list(layers)
         self.batch_frames = batch_frames
-        self._frames: list[torch.Tensor] = []
-        self._queued = 0
+        self._batch: torch.Tensor | None = None  # (batch_frames, H, W, 3) uint8, on device
+        self._staging: torch.Tensor | None = None  # its pinned twin on the host (CUDA only)
+        self._filled = 0
         self._clips: list[tuple[Clip, dict, list[dict[str, torch.Tensor]]]] = []
         self._received: list[int] = []
 
     def add(self, clip: Clip, item: dict) -> list[ClipFeatures]:
         """Queue a decoded clip; return the clips whose features are now complete."""
         frames = torch.as_tensor(item["frames"])
-        if self.extractor.device.type == "cuda":  # NVDEC's frames are there already
-            frames = frames.to(self.extractor.device, non_blocking=True)
-        self._frames.append(frames)
-        self._queued += len(frames)
         self._clips.append((clip, item, []))
         self._received.append(0)
         done: list[ClipFeatures] = []
-        while self._queued >= self.batch_frames:
-            done += self._step(self.batch_frames)
+        offset = 0
+        while offset < len(frames):
+            take = min(self.batch_frames - self._filled, len(frames) - offset)
+            self._put(frames[offset : offset + take])
+            offset += take
+            if self._filled == self.batch_frames:
+                done += self._step()
         return done
 
     def finish(self) -> list[ClipFeatures]:
         """Run the CNN on what is left (one padded batch) and return the last clips."""
-        return self._step(self._queued) if self._queued else []
+        return self._step() if self._filled else []
 
-    def _step(self, n: int) -> list[ClipFeatures]:
-        queue = torch.cat(self._frames)
-        batch, rest = queue[:n], queue[n:]
-        self._frames = [rest] if len(rest) else []
-        self._queued -= n
+    def _put(self, frames: torch.Tensor) -> None:
+        """Copy ``frames`` into the batch buffer after the frames already there."""
+        device = self.extractor.device
+        if self._batch is None or self._batch.shape[1:] != frames.shape[1:]:
+            if self._filled:
+                raise ValueError(f"frames of shape {tuple(frames.shape[1:])} in a batch of "
+                                 f"{tuple(self._batch.shape[1:])}")  # fmt: skip
+            shape = (self.batch_frames, *frames.shape[1:])
+            self._batch = torch.empty(shape, dtype=torch.uint8, device=device)
+            if device.type == "cuda":
+                self._staging = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        lo, hi = self._filled, self._filled + len(frames)
+        if self._staging is not None and frames.device.type == "cpu":
+            self._staging[lo:hi].copy_(frames)
+            self._batch[lo:hi].copy_(self._staging[lo:hi], non_blocking=True)
+        else:
+            self._batch[lo:hi].copy_(frames)
+        self._filled = hi
+
+    def _step(self) -> list[ClipFeatures]:
+        """Run the CNN on the batch buffer and hand its rows to the clips they belong to."""
+        assert self._batch is not None
+        n, self._filled = self._filled, 0
         if n < self.batch_frames:
-            pad = batch[-1:].expand(self.batch_frames - n, *batch.shape[1:])
-            batch = torch.cat([batch, pad])
-        pooled = {k: v[:n].float().cpu() for k, v in self.extractor(batch).items()}
+            self._batch[n:] = self._batch[n - 1]
+        # .cpu() waits for the pass, and with it for the copies into the buffers
+        pooled = {k: v[:n].float().cpu() for k, v in self.extractor(self._batch).items()}
         offset = 0
         done: list[ClipFeatures] = []
         finished: list[dict] = []

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +191,44 @@ def write_shard(path: Path, buffer: ShardBuffer, layers: Sequence[str], attrs: d
             values = [getattr(x.identity, name) for x in failed]
             f.create_dataset(f"failed/{name}", data=values, dtype=dtype)
     replace_durably(tmp, path)
+
+
+class ShardWriter:
+    """Writes shards (:func:`write_shard`) on a background thread, in the order submitted,
+    so that the clip loop goes on while a shard is written and fsynced. At most one shard
+    waits (memory stays bounded); an error of a write is raised by the next :meth:`submit`
+    or by :meth:`close`, and no later shard is written after it."""
+
+    def __init__(self, layers: Sequence[str], attrs: dict) -> None:
+        self.layers = list(layers)
+        self.attrs = attrs
+        self._jobs: queue.Queue[tuple[Path, ShardBuffer] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path, buffer: ShardBuffer) -> None:
+        """Queue ``buffer`` to be written at ``path`` (waits while another shard waits)."""
+        self._raise()
+        self._jobs.put((path, buffer))
+
+    def close(self) -> None:
+        """Wait until every submitted shard is written; raise the first write's error."""
+        self._jobs.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    write_shard(job[0], job[1], self.layers, self.attrs)
+                except BaseException as exc:  # handed to the clip loop's thread
+                    self._error = exc
 
 
 def meta_column(f: h5py.File, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:

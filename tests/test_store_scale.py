@@ -25,6 +25,7 @@ from extract.store import (
     Failure,
     FeatureStore,
     ShardBuffer,
+    ShardWriter,
     StoreError,
     extending_path,
     write_shard,
@@ -410,3 +411,26 @@ def test_too_little_disk_space_is_a_clear_error_and_nothing_is_lost(
         merge_stores([out, new], tmp_path / "merged.h5")
     assert _rows(out) == before and new.exists() and not extending_path(out).exists()
     assert not (tmp_path / "merged.h5").exists()
+
+
+def test_shard_writer_writes_in_the_background_in_order_and_raises_a_failed_write(
+    tmp_path: Path,
+) -> None:
+    writer = ShardWriter(list(LAYERS), _attrs())
+    for i in range(3):
+        writer.submit(tmp_path / f"shard-{i}.h5", ShardBuffer([_clip(f"c{i}.mp4", i)]))
+    writer.close()
+    _shard(tmp_path / "direct.h5", [("c1.mp4", 1)])
+    assert _rows(tmp_path / "shard-1.h5") == _rows(tmp_path / "direct.h5")
+    assert sorted(p.name for p in tmp_path.glob("shard-*.h5")) == [
+        "shard-0.h5", "shard-1.h5", "shard-2.h5"
+    ]  # fmt: skip
+
+    # a write that fails (its folder is gone) stops the writer: the error reaches the
+    # caller, and no shard after it is written
+    writer = ShardWriter(list(LAYERS), _attrs())
+    with pytest.raises(OSError):  # raised by the second submit or by close
+        writer.submit(tmp_path / "gone" / "shard-a.h5", ShardBuffer([_clip("a.mp4", 1)]))
+        writer.submit(tmp_path / "shard-b.h5", ShardBuffer([_clip("b.mp4", 2)]))
+        writer.close()
+    assert not (tmp_path / "shard-b.h5").exists()
