@@ -22,7 +22,7 @@ from extract.pipeline import extract_features, parts_dir
 from extract.ray_engine import CRASH_REASON
 from extract.store import FeatureStore
 from extract.thumbnails import thumbnail_path
-from extract.workers import CRASH_ENV
+from extract.workers import CRASH_ENV, HANG_ENV
 from stack.predict import features_dir, predict, thumbnails_dir
 from tests.media import indexed_clip
 from tests.test_pipeline import _assert_same_store, _jungle
@@ -167,6 +167,48 @@ def test_interrupted_then_resumed_gives_the_same_store(ray_instance: None, tmp_p
     summary = extract_features(videos, out, settings, show_progress=False)
     assert 0 < summary.already_done < 10 and summary.processed == 10 - summary.already_done
     _assert_same_store(out, reference)
+
+
+def test_ctrl_c_while_a_decode_task_is_stuck_stops_the_run_promptly(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(8):
+        indexed_clip(videos / f"clip{i:02d}.mp4", 40)
+    config = tmp_path / "c.yaml"
+    config.write_text("shard_clips: 1\nframes: 8\nimage_size: 64\n")
+    out = tmp_path / "ray.h5"
+    cmd = [sys.executable, "-m", "jungle", "features", str(videos), "--out", str(out)]
+    cmd += ["--config", str(config), "--engine", "ray", "--no-progress"]
+    # clip03's decode sleeps for an hour (clip_timeout: 300 s)
+    env = os.environ | {HANG_ENV: "clip03"}
+    others = set(_processes(ACTOR))  # actors of the module's Ray instance
+    # its own process group, which the Ctrl-C of a terminal signals as a whole
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not set(_processes(ACTOR)) - others:  # its pipeline runs: its CNN actor is up
+            assert time.monotonic() < deadline and proc.poll() is None, "no CNN actor"
+            time.sleep(0.2)
+        time.sleep(5)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "finished clips are saved" in stderr and "Traceback" not in stderr
+    assert stopped_in < 30
+    assert not out.exists()
+    deadline = time.monotonic() + 30
+    while set(_processes(ACTOR)) - others and time.monotonic() < deadline:  # Ray's shutdown
+        time.sleep(0.5)
+    assert not set(_processes(ACTOR)) - others
 
 
 def test_predict_on_ray_writes_the_same_csv_and_thumbnails(
