@@ -267,7 +267,8 @@ def decode_hybrid(
     and kills the processes.
 
     Raises:
-        ValueError: ``threads < 1``, ``workers < 0`` or ``timeout <= 0``.
+        ValueError: ``threads < 1``, ``workers < 0`` or ``timeout <= 0`` (on the first
+            ``next()``).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -275,22 +276,7 @@ def decode_hybrid(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    return _hybrid(
-        list(clips), gpu_decode, frames, size, threads, workers, timeout, journal_dir, accepts
-    )
-
-
-def _hybrid(
-    clips: list[Clip],
-    gpu_decode: GpuDecode,
-    frames: int,
-    size: int,
-    threads: int,
-    workers: int,
-    timeout: float,
-    journal_dir: Path | None,
-    accepts: Gate,
-) -> Iterator[tuple[Clip, dict]]:
+    clips = list(clips)
     journal = _LockedJournal(None)
     dead: set[str] = set()
     if journal_dir is not None:
