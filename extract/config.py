@@ -73,9 +73,12 @@ class FeaturesConfig(BaseModel):
         "cpu",  # auto once the GPU tests (tests/test_nvdec_gpu.py) have passed on a GPU
         description="auto: NVDEC (the GPU's video engines, needs jungle[gpu]) on a CUDA device "
         "where it is available, for the streams proven frame-exact with it, the CPU otherwise; "
-        "cpu: decoder processes only; nvdec: as auto, but an error where NVDEC is unavailable",
+        "cpu: decoder processes only; nvdec: as auto, but an error where NVDEC is unavailable "
+        "(engine ray: nvdec decodes in the GPU nodes' CNN actors, auto on the CPU)",
     )
-    nvdec_threads: int = Field(8, ge=1, le=64, description="NVDEC decoder threads")
+    nvdec_threads: int = Field(
+        8, ge=1, le=64, description="NVDEC decoder threads (engine ray: per GPU actor)"
+    )
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU arithmetic of the CNN (CUDA always uses float16 autocast)"
     )

@@ -46,8 +46,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from extract.decode import DecodedClip
 from extract.discover import Clip
+from extract.nvdec import GpuDecode
 from extract.probe import DecodeError, VideoInfo, probe
 from extract.workers import (
     WAKE_S,
@@ -61,8 +61,6 @@ from extract.workers import (
 
 log = logging.getLogger(__name__)
 
-#: a GPU decoder: ``(path, info, frames, (width, height))`` → the sampled clip.
-GpuDecode = Callable[[Path, VideoInfo, int, tuple[int, int]], DecodedClip]
 #: the gate: whether a stream goes to the GPU decoder.
 Gate = Callable[[VideoInfo], bool]
 #: the journal file suffix of a hybrid run.
@@ -109,16 +107,21 @@ def _gpu_item(
     except DecodeError as exc:
         journal.write("end", clip.clip_id)
         return {"ok": False, "reason": str(exc)}
-    if not accepts(info):
-        journal.write("end", clip.clip_id)
-        return None
+    item = nvdec_item(clip, info, gpu_decode, frames, size) if accepts(info) else None
+    journal.write("end", clip.clip_id)
+    return item
+
+
+def nvdec_item(
+    clip: Clip, info: VideoInfo, gpu_decode: GpuDecode, frames: int, size: int
+) -> dict | None:
+    """The item of a clip decoded by ``gpu_decode`` (frames on the GPU), or None where
+    NVDEC failed on it (the CPU decoders may still read a damaged file)."""
     try:
         decoded = gpu_decode(clip.path, info, frames, (size, size))
     except Exception as exc:  # never let one clip stop the run: the CPU path retries it
         log.warning("%s: NVDEC failed (%s); decoding it on the CPU", clip.path, exc)
-        journal.write("end", clip.clip_id)
         return None
-    journal.write("end", clip.clip_id)
     return decoded_item(decoded, video_meta(info, decoded))
 
 

@@ -27,15 +27,21 @@ crashed the process (segfault) on the measured machine.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from extract.decode import DecodedClip, sample_indices
+from extract.decode import DecodedClip, decode_clip, sample_indices
 from extract.probe import DecodeError, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,15 @@ _KR_KB: dict[str, tuple[float, float]] = {
 }
 #: the driver libraries PyNvVideoCodec needs: NVDEC's, and NVENC's (loaded at import).
 DRIVER_LIBRARIES: tuple[str, ...] = ("libnvcuvid.so.1", "libnvidia-encode.so.1")
+#: Test-only hook: when set (non-empty), NVDEC counts as available on any device and "NVDEC"
+#: decodes with the CPU decoder (its frames labelled ``nvdec``; :func:`gpu_decoder`), so the
+#: NVDEC routing, fallbacks and crash rules are tested on machines without a GPU. A value
+#: other than ``1`` makes the stand-in kill its process (SIGSEGV) on clips whose path
+#: contains it, as a crash inside the NVDEC library would. Never set it in production.
+STAND_IN_ENV = "JUNGLE_TEST_NVDEC_ON_CPU"
+
+#: a GPU decoder: ``(path, info, frames, (width, height))`` → the sampled clip.
+GpuDecode = Callable[[Path, VideoInfo, int, tuple[int, int]], DecodedClip]
 
 
 @lru_cache(maxsize=1)
@@ -76,6 +91,8 @@ def _missing_driver_library() -> str | None:
 
 def nvdec_unavailable(device: torch.device) -> str | None:
     """Why NVDEC cannot decode for ``device`` (a one-line reason), or None when it can."""
+    if os.environ.get(STAND_IN_ENV):
+        return None
     if device.type != "cuda":
         return f"NVDEC needs a CUDA device, not {device}"
     if importlib.util.find_spec("PyNvVideoCodec") is None:
@@ -228,3 +245,32 @@ class NvdecDecoder:
         except Exception as exc:  # PyNvVideoCodec's errors, CUDA out of memory, ...
             raise DecodeError(f"NVDEC cannot decode the file ({exc})") from exc
         return DecodedClip(rgb, index, mask, "nvdec", False, n)  # type: ignore[arg-type]
+
+
+def gpu_decoder(device: torch.device) -> GpuDecode:
+    """The NVDEC decode function for ``device`` (:meth:`NvdecDecoder.decode`; the CPU
+    stand-in of :data:`STAND_IN_ENV` when that is set).
+
+    Raises:
+        RuntimeError: NVDEC is unavailable (the one-line reason).
+    """
+    stand_in = os.environ.get(STAND_IN_ENV)
+    if stand_in:
+        return _StandIn(stand_in if stand_in != "1" else "").decode
+    return NvdecDecoder(device).decode
+
+
+@dataclasses.dataclass(frozen=True)
+class _StandIn:
+    """The test-only CPU stand-in for NVDEC (:data:`STAND_IN_ENV`)."""
+
+    crash_on: str
+
+    def decode(
+        self, path: Path, info: VideoInfo, n_frames: int, size: tuple[int, int]
+    ) -> DecodedClip:
+        if self.crash_on and self.crash_on in str(path):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+            os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(10)  # the signal is delivered asynchronously
+        return dataclasses.replace(decode_clip(path, info, n_frames, size), decoder="nvdec")

@@ -306,18 +306,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _resolve_decoder(config: FeaturesConfig, device: torch.device) -> str:
-    """``cpu`` or ``nvdec`` (:func:`extract.nvdec.resolve_decoder`); the Ray engine decodes
-    on the CPU.
+    """``cpu`` or ``nvdec`` (:func:`extract.nvdec.resolve_decoder`). The Ray engine's CNN
+    actors decode with NVDEC on their GPU nodes only with ``nvdec`` (checked by
+    :func:`extract.ray_engine.ray_results`); ``auto`` decodes on the CPU there.
 
     Raises:
         ConfigError: NVDEC asked for where it cannot run.
     """
     if config.engine == "ray":
-        if config.decoder == "nvdec":
-            from extract.config import ConfigError
-
-            raise ConfigError("--decoder nvdec is not available with --engine ray yet")
-        return "cpu"
+        if config.decoder == "auto":
+            log.info("--engine ray: --decoder auto decodes on the CPU (nvdec: on the GPU nodes)")
+        return "nvdec" if config.decoder == "nvdec" else "cpu"
     from extract.nvdec import resolve_decoder
 
     return resolve_decoder(config.decoder, device)
@@ -427,11 +426,11 @@ def _decoded(
     workers = config.workers
     if config.decoder == "nvdec":
         from extract.hybrid import decode_hybrid
-        from extract.nvdec import NvdecDecoder, nvdec_accepts
+        from extract.nvdec import gpu_decoder, nvdec_accepts
 
         items = decode_hybrid(
             clips,
-            gpu_decode=NvdecDecoder(device).decode,
+            gpu_decode=gpu_decoder(device),
             frames=config.frames,
             size=size,
             threads=config.nvdec_threads,

@@ -11,7 +11,9 @@ memory stays flat in the number of clips)::
       -> CNN actors (:class:`FeatureActor`): the local run's TapExtractor and FrameBatcher
          (fixed-size, padded batches: a clip's features do not depend on its batch mates);
          one actor per GPU (num_gpus=1) when the cluster has GPUs and the device is not cpu,
-         else one CPU actor per node using that node's cores (reserving no CPU slot)
+         else one CPU actor per node using that node's cores (reserving no CPU slot); with
+         ``decoder: nvdec`` the decode tasks only probe the videos NVDEC accepts, and the
+         actors decode those (:mod:`extract.ray_nvdec`)
       -> this process, in clip order: identities, crash-safe shards, the store
          (:func:`extract.pipeline.extract_features` writes them as for a local run)
 
@@ -21,10 +23,11 @@ after the window, its clips run again one per block (the clip that crashed is re
 its own, the innocent clips of its block just succeed) with one retry (``max_retries=1``);
 a clip that kills its worker in both tries is a failed row :data:`CRASH_REASON`, and
 comes after the window's other rows. A CNN actor that dies is restarted by Ray Data and
-its batch run again, so no clip is lost. A clip whose decode takes longer than
-``clip_timeout`` seconds fails with a timeout (checked between Python calls: a decoder stuck
-inside C code is caught by the crash rule only if it dies). Interruption and resume are the
-store's: finished clips are in shards on this machine, a rerun skips them.
+its batch run again, so no clip is lost. Clips NVDEC failed on, or was decoding in an actor
+that died, go through that second pass too (decoded on the CPU). A clip whose decode takes
+longer than ``clip_timeout`` seconds fails with a timeout (checked between Python calls: a
+decoder stuck inside C code is caught by the crash rule only if it dies). Interruption and
+resume are the store's: finished clips are in shards on this machine, a rerun skips them.
 
 Where things run: the store and its shards are written by this process (the driver) only;
 every node must see the clips at the same absolute path and have jungle installed in the
@@ -41,16 +44,20 @@ import pickle
 import signal
 import socket
 import threading
+import uuid
 import warnings
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 
 from extract.config import FeaturesConfig
 from extract.discover import Clip
+from extract.nvdec import STAND_IN_ENV, gpu_decoder, nvdec_unavailable
 from extract.pipeline import clip_identity
+from extract.ray_nvdec import ActorNvdec, defer_to_nvdec
 from extract.store import UNKNOWN_IDENTITY, ClipFeatures, Failure
 from extract.thumbnails import ClipFrames, Thumbnailer
 from extract.workers import CRASH_ENV, HANG_ENV, decode_item
@@ -110,6 +117,12 @@ def ray_results(
     previous_order = context.execution_options.preserve_order
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     actors, gpu = _cnn_actors(ray, config)
+    nvdec_run = uuid.uuid4().hex if config.decoder == "nvdec" else None
+    if nvdec_run and not gpu and nvdec_unavailable(torch.device("cpu")) is not None:
+        raise RayEngineError(
+            "--decoder nvdec: the CNN actors decode with NVDEC on GPU nodes, and this run's "
+            "actors run on CPUs (no GPU in the Ray cluster, or --device cpu)"
+        )
     log.info(
         "Ray engine: %d CNN actor(s) on %s, decode tasks on the cluster's CPUs (%s CPUs)",
         actors,
@@ -122,14 +135,18 @@ def ray_results(
     try:
         for start in range(0, len(todo), WINDOW_CLIPS):
             window = list(todo[start : start + WINDOW_CLIPS])
-            dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails)
-            lost = yield from _collect(window, dataset, thumbnails, all_lost_is_error=True)
-            if lost:  # blocks whose worker died: their clips again, one per block
+            dataset = _dataset(ray, window, config, image_size, actors, gpu, thumbnails, nvdec_run)
+            lost, redo = yield from _collect(window, dataset, thumbnails, all_lost_is_error=True)
+            if lost:
                 log.warning("%d clips were in blocks whose worker died: retrying alone", len(lost))
+            if redo:
+                log.warning("%d clips NVDEC could not decode: decoding them on the CPU", len(redo))
+            if lost or redo:  # one clip per block, decoded on the CPU
+                again = lost + redo
                 alone = _dataset(
-                    ray, lost, config, image_size, actors, gpu, thumbnails, isolate=True
+                    ray, again, config, image_size, actors, gpu, thumbnails, nvdec_run, True
                 )
-                for clip in (yield from _collect(lost, alone, thumbnails)):
+                for clip in (yield from _collect(again, alone, thumbnails))[0]:
                     yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
     finally:
         for name, value in previous.items():
@@ -155,7 +172,7 @@ def connect(address: str | None) -> Any:
         return ray
     if address and address != "auto":
         _reachable(address)
-    env = {k: os.environ[k] for k in (CRASH_ENV, HANG_ENV) if os.environ.get(k)}
+    env = {k: os.environ[k] for k in (CRASH_ENV, HANG_ENV, STAND_IN_ENV) if os.environ.get(k)}
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -232,11 +249,14 @@ def _dataset(
     actors: int,
     gpu: bool,
     thumbnails: Thumbnailer | None,
+    nvdec_run: str | None = None,
     isolate: bool = False,
 ) -> Any:
     """The window's Ray dataset: decode tasks, then CNN actors (see the module doc). With
-    ``isolate``, one clip per block and one retry (the crash rule's second pass), else
-    :data:`CLIPS_PER_BLOCK` clips per block and no retry."""
+    ``nvdec_run`` (a run id: the actors' journal folder, :mod:`extract.ray_nvdec`), the
+    decode tasks leave the clips NVDEC accepts to the actors. With
+    ``isolate``, one clip per block, decoded on the CPU, and one retry (the crash rule's
+    second pass), else :data:`CLIPS_PER_BLOCK` clips per block and no retry."""
     rows = [{"i": i, "clip": pickle.dumps(clip)} for i, clip in enumerate(window)]
     blocks = len(rows) if isolate else math.ceil(len(rows) / CLIPS_PER_BLOCK)
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -250,11 +270,18 @@ def _dataset(
             num_cpus=1,
             # Ray Data's default is -1: a crashing clip would be retried forever
             max_retries=1 if isolate else 0,
-            fn_kwargs={"frames": config.frames, "size": image_size, "timeout": config.clip_timeout},
+            fn_kwargs={
+                "frames": config.frames,
+                "size": image_size,
+                "timeout": config.clip_timeout,
+                "defer": nvdec_run is not None and not isolate,
+            },
         )
         per_call = max(1, math.ceil(config.batch_frames / max(1, config.frames or 1)))
         settings = {
             "config": config.model_dump(),
+            "size": image_size,
+            "run_id": nvdec_run or "",
             "thumbnails": thumbnails is not None,
             "evidence": thumbnails.evidence if thumbnails is not None else None,
             "width": thumbnails.width if thumbnails is not None else 0,
@@ -288,9 +315,9 @@ def _collect(
     dataset: Any,
     thumbnails: Thumbnailer | None,
     all_lost_is_error: bool = False,
-) -> Generator[ClipFeatures | Failure, None, list[Clip]]:
+) -> Generator[ClipFeatures | Failure, None, tuple[list[Clip], list[Clip]]]:
     """Yield the window's rows (in clip order); return the clips missing from the output
-    (their block was dropped because its worker died).
+    (their block was dropped because its worker died) and those NVDEC could not decode.
 
     Raises:
         RayEngineError: the pipeline failed, or (``all_lost_is_error``) no clip of a window
@@ -299,6 +326,7 @@ def _collect(
     from ray.exceptions import RayError
 
     seen = np.zeros(len(window), dtype=bool)
+    redo: list[Clip] = []
     rows = iter(dataset.iter_rows())
     while True:
         try:
@@ -310,6 +338,9 @@ def _collect(
         i = int(row["i"])
         seen[i] = True
         result, jpeg = pickle.loads(row["result"])
+        if result is None:  # NVDEC could not decode it
+            redo.append(window[i])
+            continue
         result.identity = clip_identity(window[i])
         if jpeg is not None and thumbnails is not None:
             thumbnails.save(result.clip_id, jpeg)
@@ -319,14 +350,16 @@ def _collect(
             f"no clip of {len(window)} came back from the Ray pipeline (see the Ray logs, "
             "e.g. /tmp/ray/session_latest/logs)"
         )
-    return [clip for clip, ok in zip(window, seen, strict=True) if not ok]
+    return [clip for clip, ok in zip(window, seen, strict=True) if not ok], redo
 
 
 def decode_rows(
-    batch: dict[str, np.ndarray], frames: int, size: int, timeout: float
+    batch: dict[str, np.ndarray], frames: int, size: int, timeout: float, defer: bool = False
 ) -> dict[str, np.ndarray]:
     """Ray decode task: each row's clip through :func:`extract.workers.decode_item`, at a
-    lower priority than the CNN (as the local engine's decoders, for the same reason)."""
+    lower priority than the CNN (as the local engine's decoders, for the same reason).
+    With ``defer``, a video whose stream NVDEC accepts is only probed: its item is
+    ``{"nvdec": VideoInfo}`` and the CNN actor decodes it."""
     with contextlib.suppress(OSError):
         current = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, max(current, DECODE_NICENESS))
@@ -335,7 +368,9 @@ def decode_rows(
         clip = pickle.loads(blob)
         with _time_limit(timeout):
             try:
-                item = decode_item(clip, frames, size, "cpu")
+                item = (defer_to_nvdec(clip) if defer else None) or decode_item(
+                    clip, frames, size, "cpu"
+                )
             except _ClipTimeout:
                 item = {"ok": False, "reason": f"decoding took longer than {timeout:g} s"}
         items.append(pickle.dumps((clip, item), protocol=5))
@@ -344,12 +379,21 @@ def decode_rows(
 
 class FeatureActor:
     """Ray CNN actor: the local engine's extractor and batcher on the decoded clips of each
-    call; returns per clip the pickled ``(ClipFeatures or Failure, thumbnail JPEG or None)``.
+    call; returns per clip the pickled ``(ClipFeatures or Failure, thumbnail JPEG or None)``,
+    or ``(None, None)`` for a clip NVDEC could not decode (the driver decodes it on the CPU).
+
+    With ``decoder: nvdec``, the clips the decode tasks left to it (``{"nvdec": info}``) are
+    decoded here with NVDEC, ``nvdec_threads`` at a time, their frames staying on the GPU.
+    A clip NVDEC holds longer than ``clip_timeout`` is a failed row (its thread is
+    abandoned); a crash kills the actor, and Ray Data runs the batch once more in a new one
+    before its clips go to the CPU-only second pass.
     """
 
     def __init__(
         self,
         config: dict,
+        size: int,
+        run_id: str,
         thumbnails: bool = False,
         evidence: Any = None,
         width: int = 0,
@@ -372,16 +416,32 @@ class FeatureActor:
         self.layers = list(backbone.taps)
         self.batch_frames = settings.batch_frames
         self.thumbnailer = _Renderer(evidence, width) if thumbnails else None
+        self.nvdec: ActorNvdec | None = None
+        if settings.decoder == "nvdec":
+            self.nvdec = ActorNvdec(
+                gpu_decoder(device),
+                settings.frames or 0,
+                size,
+                settings.nvdec_threads,
+                settings.clip_timeout,
+                run_id,
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from extract.pipeline import FrameBatcher
 
         batcher = FrameBatcher(self.extractor, self.layers, self.batch_frames, self.thumbnailer)
+        entries = [pickle.loads(blob) for blob in batch["item"]]
+        on_gpu = [(clip, item["nvdec"]) for clip, item in entries if "nvdec" in item]
+        decoded = self.nvdec.decode(on_gpu) if self.nvdec is not None and on_gpu else {}
         ids: list[str] = []
         results: dict[str, ClipFeatures | Failure] = {}
-        for blob in batch["item"]:
-            clip, item = pickle.loads(blob)
+        for clip, item in entries:
             ids.append(clip.clip_id)
+            if "nvdec" in item:
+                item = decoded.get(clip.clip_id)
+                if item is None:  # NVDEC could not decode it: the driver's CPU pass will
+                    continue
             if item["ok"]:
                 item["identity"] = UNKNOWN_IDENTITY  # set by the driver
                 done = batcher.add(clip, item)
@@ -390,7 +450,7 @@ class FeatureActor:
             results.update((r.clip_id, r) for r in done)
         results.update((r.clip_id, r) for r in batcher.finish())
         jpegs = self.thumbnailer.take() if self.thumbnailer is not None else {}
-        out = [pickle.dumps((results[c], jpegs.get(c)), protocol=5) for c in ids]
+        out = [pickle.dumps((results.get(c), jpegs.get(c)), protocol=5) for c in ids]
         return {"i": batch["i"], "result": np.array(out, dtype=object)}
 
 

@@ -258,26 +258,34 @@ def _read_journals(journal_dir: Path, include_own: bool) -> tuple[set[str], list
     for path in sorted(Path(journal_dir).glob(_JOURNAL_GLOB)):
         if path == own and not include_own:
             continue
-        try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            log.warning("cannot read decoder journal %s: %s", path, exc)
-            continue
-        started: set[str] = set()
-        ended: set[str] = set()
-        # only whole lines: a line cut off when the process died was not acted upon yet
-        # (a cut ``end`` line leaves its clip suspect, which is safe)
-        for line in text.split("\n")[:-1]:
-            kind, sep, escaped = line.partition("\t")
-            if not sep:
-                continue
-            if kind == "start":
-                started.add(_unescape(escaped))
-            elif kind == "end":
-                ended.add(_unescape(escaped))
-        found |= started - ended
-        read.append(path)
+        unfinished = read_journal(path)
+        if unfinished is not None:
+            found |= unfinished
+            read.append(path)
     return found, read
+
+
+def read_journal(path: Path) -> set[str] | None:
+    """The clip ids started but not ended in one journal file, or None where it cannot be
+    read (logged)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        log.warning("cannot read decoder journal %s: %s", path, exc)
+        return None
+    started: set[str] = set()
+    ended: set[str] = set()
+    # only whole lines: a line cut off when the process died was not acted upon yet
+    # (a cut ``end`` line leaves its clip suspect, which is safe)
+    for line in text.split("\n")[:-1]:
+        kind, sep, escaped = line.partition("\t")
+        if not sep:
+            continue
+        if kind == "start":
+            started.add(_unescape(escaped))
+        elif kind == "end":
+            ended.add(_unescape(escaped))
+    return started - ended
 
 
 def take_over_journals(journal_dir: Path, suffix: str = "") -> tuple[_Journal, set[str]]:

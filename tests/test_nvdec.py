@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from extract.hybrid import JOURNAL_SUFFIX, decode_hybrid
 from extract.nvdec import nv12_to_rgb, nvdec_accepts, resolve_decoder
 from extract.pipeline import extract_features
 from extract.probe import probe
-from extract.workers import journal_path
+from extract.workers import journal_path, read_journal
 from tests.media import CODECS, extension, indexed_clip, read_index, write_clip
 
 
@@ -266,3 +267,69 @@ def test_closing_the_hybrid_early_stops_its_threads_and_processes(tmp_path: Path
     ).stdout.split()  # fmt: skip
     assert children == []
     assert not list((tmp_path / "parts").glob("inflight-*.log"))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_ray_actor_nvdec_abandons_a_stuck_clip_and_sends_dead_actors_clips_to_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from extract.ray_nvdec import CPU_PASS, ActorNvdec, journal_root
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's journal folder
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b", "c", "d"):
+        indexed_clip(videos / f"{name}.mp4", 12)
+    clips = [(clip, probe(clip.path)) for clip in discover(videos)[1]]
+    run = journal_root() / "run1"
+    run.mkdir(parents=True)
+    # c.mp4 was in flight in an actor of this run that died, d.mp4 is in a live one's
+    (run / f"inflight-node-{_dead_pid()}-nvdec.log").write_text("start\tc.mp4\n")
+    (run / f"inflight-node-{os.getppid()}-nvdec.log").write_text("start\td.mp4\n")
+    release = threading.Event()
+    on_gpu: list[str] = []
+    nvdec = ActorNvdec(
+        _stand_in(on_gpu, hang="b.mp4", release=release), frames=4, size=32, threads=2,
+        timeout=1, run_id="run1",
+    )  # fmt: skip
+    own = run / f"inflight-{socket.gethostname()}-{os.getpid()}-nvdec.log"
+    try:
+        got = nvdec.decode(clips)
+        # the journal names the clip still held by the abandoned thread, and only that one
+        assert read_journal(own) == {"b.mp4"}
+    finally:
+        release.set()
+    assert sorted(got) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    assert got["c.mp4"] is CPU_PASS and "c.mp4" not in on_gpu  # a suspect: the CPU pass
+    assert got["b.mp4"] == {
+        "ok": False, "reason": "NVDEC took longer than 1 s and was abandoned"
+    }  # fmt: skip
+    for name in ("a.mp4", "d.mp4"):
+        assert got[name]["meta"]["decoder"] == "nvdec"
+        _assert_exact(got[name])
+
+
+def test_ray_actor_nvdec_removes_only_old_run_folders_of_dead_actors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from extract.ray_nvdec import ActorNvdec, journal_root
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = journal_root()
+    old_dead, old_live, new_dead = root / "old-dead", root / "old-live", root / "new-dead"
+    for folder, pid in ((old_dead, _dead_pid()), (old_live, os.getppid()), (new_dead, 1 << 30)):
+        folder.mkdir(parents=True)
+        (folder / f"inflight-node-{pid}-nvdec.log").write_text("start\tx.mp4\n")
+    for folder in (old_dead, old_live):
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    ActorNvdec(_stand_in([]), frames=4, size=32, threads=1, timeout=60, run_id="run2")
+    assert sorted(p.name for p in root.iterdir()) == ["new-dead", "old-live", "run2"]

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from extract.config import FeaturesConfig
+from extract.nvdec import STAND_IN_ENV
 from extract.pipeline import extract_features, parts_dir
-from extract.ray_engine import CRASH_REASON
+from extract.ray_engine import CRASH_REASON, RayEngineError
 from extract.store import FeatureStore
 from extract.thumbnails import thumbnail_path
 from extract.workers import CRASH_ENV, HANG_ENV
@@ -29,19 +30,23 @@ from tests.test_pipeline import _assert_same_store, _jungle
 
 #: Ray's decode workers crash (SIGSEGV) on clips whose id contains this.
 CRASHER = "crashes-on-ray"
+#: with ``decoder: nvdec``, the CPU stand-in for NVDEC (STAND_IN_ENV) in the CNN actors
+#: crashes on clips whose path contains this.
+NVDEC_CRASHER = "crashes-nvdec"
 ACTOR = "BoundFeatureActor"  # in the command line of a CNN actor's process
 
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
-    """One local Ray instance for the module (2 CPUs), its workers with the crash hook."""
+    """One local Ray instance for the module (2 CPUs), its workers with the crash hook and
+    the CPU stand-in for NVDEC (used only by runs with ``decoder: nvdec``)."""
     import ray
 
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {CRASH_ENV: CRASHER}},
+        runtime_env={"env_vars": {CRASH_ENV: CRASHER, STAND_IN_ENV: NVDEC_CRASHER}},
     )
     yield
     ray.shutdown()
@@ -98,6 +103,70 @@ def test_ray_equals_local_on_real_clips_and_broken_files(
     failed_ray = dict(zip(b.failed()["id"], b.failed()["reason"], strict=True))
     assert failed_ray.pop(f"{CRASHER}.mp4") == CRASH_REASON
     assert failed_ray == failed_local and set(failed_local) == {"zero.mp4", "text.avi"}
+
+
+def test_nvdec_in_the_cnn_actors_takes_what_the_gate_accepts_and_survives_a_crash(
+    ray_instance: None,
+    tmp_path: Path,
+    small_config: FeaturesConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(6):
+        indexed_clip(videos / f"clip{i}.mp4", 20 + i)
+    indexed_clip(videos / "refused.mkv", 20, "h264_mkv")  # not frame-exact with NVDEC
+    indexed_clip(videos / "refused.avi", 20, "mpeg4_bframes_avi")
+    indexed_clip(videos / f"{NVDEC_CRASHER}.mp4", 20)
+    (videos / "zero.mp4").write_bytes(b"")
+    local = tmp_path / "local.h5"
+    extract_features(videos, local, small_config, show_progress=False)
+
+    monkeypatch.setenv(STAND_IN_ENV, NVDEC_CRASHER)  # this process's check of NVDEC
+    out = tmp_path / "ray.h5"
+    config = _ray(small_config).model_copy(update={"decoder": "nvdec"})
+
+    def loops(signum: int, frame: object) -> None:
+        raise TimeoutError("the run loops: the clip that crashes NVDEC is retried forever")
+
+    previous = signal.signal(signal.SIGALRM, loops)
+    signal.alarm(300)
+    try:
+        summary = extract_features(videos, out, config, show_progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert summary.ok == 9 and summary.failed == 1
+    a, b = FeatureStore(local), FeatureStore(out)
+    assert sorted(b.ids) == sorted(a.ids)
+    keep = [a.ids.index(i) for i in b.ids]
+    np.testing.assert_allclose(
+        a.features(rows=keep).astype(np.float32), b.features().astype(np.float32), atol=1e-3
+    )
+    np.testing.assert_array_equal(a.mask()[keep], b.mask())
+    pd.testing.assert_frame_equal(
+        a.meta().iloc[keep].drop(columns="decoder").reset_index(drop=True),
+        b.meta().drop(columns="decoder").reset_index(drop=True),
+    )
+    decoders = dict(zip(b.ids, b.meta()["decoder"], strict=True))
+    # the actor that crashed on it was restarted; the clip was then decoded on the CPU
+    assert decoders[f"{NVDEC_CRASHER}.mp4"] == a.meta()["decoder"].iloc[a.ids.index(
+        f"{NVDEC_CRASHER}.mp4")] != "nvdec"  # fmt: skip
+    assert decoders["refused.mkv"] != "nvdec" and decoders["refused.avi"] != "nvdec"
+    assert "nvdec" in {decoders[f"clip{i}.mp4"] for i in range(6)}
+    assert list(b.failed()["reason"]) == list(a.failed()["reason"])  # zero.mp4
+
+
+def test_nvdec_on_ray_without_gpu_actors_is_a_clear_error(
+    ray_instance: None, tmp_path: Path, small_config: FeaturesConfig
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    indexed_clip(videos / "a.mp4", 10)
+    config = _ray(small_config).model_copy(update={"decoder": "nvdec"})
+    with pytest.raises(RayEngineError, match="decode with NVDEC on GPU nodes"):
+        extract_features(videos, tmp_path / "f.h5", config, show_progress=False)
 
 
 def test_a_killed_cnn_actor_loses_no_clip(
