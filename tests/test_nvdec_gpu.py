@@ -110,3 +110,23 @@ def test_features_with_nvdec_record_the_decoder_and_float16(
     assert meta.loc["Taï/éléphant.mp4", "decoder"] == "nvdec"
     assert meta.loc["site A/b.AVI", "decoder"] == "pyav"  # refused by the gate
     assert (meta["precision"] == "float16").all()
+
+
+def test_ray_engine_decodes_with_nvdec_in_its_gpu_actor(tmp_path: Path, clip_folder: Path) -> None:
+    pytest.importorskip("ray", reason='the Ray engine needs pip install "jungle[ray]"')
+    config = FeaturesConfig(
+        frames=8, image_size=64, device="cuda", decoder="nvdec", engine="ray", workers=1
+    )
+    summary = extract_features(clip_folder, tmp_path / "ray.h5", config, show_progress=False)
+    local = config.model_copy(update={"engine": "local"})
+    extract_features(clip_folder, tmp_path / "local.h5", local, show_progress=False)
+    assert summary.ok == 5
+    a, b = FeatureStore(tmp_path / "local.h5"), FeatureStore(tmp_path / "ray.h5")
+    assert b.meta().loc["site A/cam 1/clip one.mp4", "decoder"] == "nvdec"
+    assert b.meta().loc["site A/b.AVI", "decoder"] == "pyav"
+    rows = [a.ids.index(i) for i in b.ids]
+    real = torch.from_numpy(b.mask())  # (clips, frames): padding slots are all zeros
+    np.testing.assert_array_equal(a.mask()[rows], b.mask())
+    fa = torch.from_numpy(a.features(rows=rows).astype("float32"))[real]
+    fb = torch.from_numpy(b.features().astype("float32"))[real]
+    assert torch.nn.functional.cosine_similarity(fa, fb, dim=-1).min().item() >= 0.99
