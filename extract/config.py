@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -13,6 +14,16 @@ from extract.sequences import DEFAULT_SEQUENCE_GAP, PHOTO_FRAMES
 
 #: frames per clip when neither ``frames`` nor the store says (a source with videos).
 DEFAULT_FRAMES: int = 32
+#: decoder processes and frames per CNN batch when the CNN runs on the CPU (the 2-core
+#: machine of BENCHMARKS.md: the CNN is the bottleneck, and needs the cores).
+CPU_WORKERS: int = 2
+CPU_BATCH_FRAMES: int = 64
+#: on a GPU: the batch of the issue's H100 measurements (the CNN alone ran 18,500 frames/s
+#: at 256; end to end was measured at 512), decoders on every core but two (one for the main
+#: process, one for NVDEC's threads), at most this many (decode-only: 24.8 clips/s with 16
+#: processes, 26.1 with 32, on 16 cores).
+GPU_BATCH_FRAMES: int = 512
+GPU_MAX_WORKERS: int = 32
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
@@ -62,12 +73,13 @@ class FeaturesConfig(BaseModel):
     )
     pooling: Literal["avg", "max", "avgmax"] = "avg"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    workers: int = Field(
-        2,
+    workers: int | None = Field(
+        None,
         ge=0,
         le=64,
         description="decoder processes (0: decode in-process; with NVDEC, one process decodes "
-        "only the clips NVDEC cannot)",
+        f"only the clips NVDEC cannot); null: {CPU_WORKERS} when the CNN runs on the CPU (it "
+        f"needs the cores), every core but two (at least 2, at most {GPU_MAX_WORKERS}) on a GPU",
     )
     decoder: Literal["auto", "cpu", "nvdec"] = Field(
         "cpu",  # auto once the GPU tests (tests/test_nvdec_gpu.py) have passed on a GPU
@@ -85,8 +97,12 @@ class FeaturesConfig(BaseModel):
     tta: Literal["none", "hflip"] = Field(
         "none", description="test-time augmentation: hflip averages frames and mirror images"
     )
-    batch_frames: int = Field(
-        64, ge=1, le=4096, description="frames per CNN batch (from several clips)"
+    batch_frames: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="frames per CNN batch (from several clips); null: "
+        f"{CPU_BATCH_FRAMES} on the CPU, {GPU_BATCH_FRAMES} on a GPU",
     )
     shard_clips: int = Field(32, ge=1, le=10_000, description="clips per crash-safe shard")
     clip_timeout: float = Field(
@@ -104,6 +120,19 @@ class FeaturesConfig(BaseModel):
     )
 
     _device = field_validator("device")(check_device)
+
+
+def with_hardware_defaults(config: FeaturesConfig, on_gpu: bool) -> FeaturesConfig:
+    """``config`` with ``workers`` and ``batch_frames`` set where they are null: the CPU's
+    or the GPU's defaults (:data:`CPU_WORKERS`, :data:`GPU_BATCH_FRAMES`, ...)."""
+    cores = len(os.sched_getaffinity(0))
+    defaults = {
+        "workers": min(GPU_MAX_WORKERS, max(2, cores - 2)) if on_gpu else CPU_WORKERS,
+        "batch_frames": GPU_BATCH_FRAMES if on_gpu else CPU_BATCH_FRAMES,
+    }
+    return config.model_copy(
+        update={name: value for name, value in defaults.items() if getattr(config, name) is None}
+    )
 
 
 def read_settings(

@@ -28,7 +28,7 @@ from extract.assemble import (
     same_extraction,
 )
 from extract.backbones import Backbone, build_backbone
-from extract.config import DEFAULT_FRAMES, FeaturesConfig
+from extract.config import DEFAULT_FRAMES, FeaturesConfig, with_hardware_defaults
 from extract.decode import decord_has_cuda
 from extract.discover import Clip, DiscoveryError, discover
 from extract.features import TapExtractor
@@ -178,6 +178,8 @@ def extract_features(
     # the Ray engine's CNN runs on the cluster's nodes (each resolves the device itself):
     # this machine needs no GPU for --device cuda
     device = resolve_device(config.device) if config.engine == "local" else torch.device("cpu")
+    if config.engine == "local":  # (the Ray engine's are set by its CNN actors' devices)
+        config = with_hardware_defaults(config, device.type == "cuda")
     decoder = _resolve_decoder(config, device)
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)
     image_size = config.image_size or backbone.input_size

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.config import FeaturesConfig
+from extract.config import FeaturesConfig, with_hardware_defaults
 from extract.discover import Clip
 from extract.nvdec import STAND_IN_ENV, gpu_decoder, nvdec_unavailable
 from extract.pipeline import clip_identity
@@ -117,6 +117,7 @@ def ray_results(
     previous_order = context.execution_options.preserve_order
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     actors, gpu = _cnn_actors(ray, config)
+    config = with_hardware_defaults(config, gpu)
     nvdec_run = uuid.uuid4().hex if config.decoder == "nvdec" else None
     if nvdec_run and not gpu and nvdec_unavailable(torch.device("cpu")) is not None:
         raise RayEngineError(

@@ -87,7 +87,10 @@ def features(
     device: Annotated[
         str | None, typer.Option(help="auto | cpu | cuda | cuda:N \\[default: auto].")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoder processes \\[default: 2].")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoder processes \\[default: 2; on a GPU every core but two, 2-32]."),
+    ] = None,
     decoder: Annotated[
         str | None,
         typer.Option(
@@ -96,7 +99,7 @@ def features(
         ),
     ] = None,
     batch_frames: Annotated[
-        int | None, typer.Option(help="Frames per CNN batch \\[default: 64].")
+        int | None, typer.Option(help="Frames per CNN batch \\[default: 64; 512 on a GPU].")
     ] = None,
     precision: Annotated[
         str | None,

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extract.backbones import build_backbone  # noqa: E402
-from extract.config import FeaturesConfig  # noqa: E402
+from extract.config import CPU_BATCH_FRAMES, CPU_WORKERS, FeaturesConfig  # noqa: E402
 from extract.discover import discover  # noqa: E402
 from extract.features import TapExtractor  # noqa: E402
 from extract.identity import file_identity  # noqa: E402
@@ -161,13 +161,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--clips", type=int, default=30)
     parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=FeaturesConfig().workers)
+    parser.add_argument("--workers", type=int, default=CPU_WORKERS)
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import imageio_ffmpeg
 
-    config = FeaturesConfig(frames=args.frames, workers=args.workers, precision=args.precision)
+    config = FeaturesConfig(
+        frames=args.frames,
+        workers=args.workers,
+        precision=args.precision,
+        batch_frames=CPU_BATCH_FRAMES,
+    )
     backbone = build_backbone(config.backbone)
     size = backbone.input_size
     print(f"# jungle features benchmark, {date.today()}, {platform.node()}")

@@ -300,3 +300,27 @@ def test_progress_rate_is_clips_per_second_since_the_start() -> None:
         now[0] = 105.0
         progress.advance(task, 6)
         assert column.render(progress.tasks[0]).plain == "2.00 clips/s"
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "cores", "workers", "batch_frames"),
+    [(False, 16, 2, 64), (True, 16, 14, 512), (True, 3, 2, 512), (True, 96, 32, 512)],
+)
+def test_workers_and_batch_default_to_the_cpu_or_gpu_settings(
+    monkeypatch: pytest.MonkeyPatch, on_gpu: bool, cores: int, workers: int, batch_frames: int
+) -> None:
+    from extract.config import with_hardware_defaults
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    got = with_hardware_defaults(FeaturesConfig(), on_gpu)
+    assert (got.workers, got.batch_frames) == (workers, batch_frames)
+    mine = with_hardware_defaults(FeaturesConfig(workers=5, batch_frames=8), on_gpu)
+    assert (mine.workers, mine.batch_frames) == (5, 8)  # what the user set is kept
+
+
+def test_a_cpu_run_records_the_cpu_defaults_it_used(clip_folder: Path, tmp_path: Path) -> None:
+    config = FeaturesConfig(frames=4, image_size=32, device="cpu")
+    extract_features(clip_folder, tmp_path / "f.h5", config, show_progress=False)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        used = json.loads(f.attrs["config"])
+    assert (used["workers"], used["batch_frames"]) == (2, 64)
