@@ -104,7 +104,11 @@ class ActorNvdec:
             c.clip_id: CPU_PASS for c, _ in clips if c.clip_id in suspects
         }
         if out:
-            log.warning("%d clip(s) crashed an NVDEC actor: decoding them on the CPU", len(out))
+            log.warning(
+                "%d clip(s) were being decoded with NVDEC when an actor died: decoding them "
+                "on the CPU",
+                len(out),
+            )
         started: dict[str, float] = {}
 
         def run(clip: Clip, info: VideoInfo) -> dict | None:
