@@ -178,7 +178,7 @@ def extract_features(
     # the Ray engine's CNN runs on the cluster's nodes (each resolves the device itself):
     # this machine needs no GPU for --device cuda
     device = resolve_device(config.device) if config.engine == "local" else torch.device("cpu")
-    if config.engine == "local":  # (the Ray engine's are set by its CNN actors' devices)
+    if config.engine == "local":  # (the Ray engine's: by whether its CNN actors have GPUs)
         config = with_hardware_defaults(config, device.type == "cuda")
     decoder = _resolve_decoder(config, device)
     backbone = build_backbone(config.backbone, config.weights, config.layers, config.checkpoint)

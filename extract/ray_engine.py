@@ -23,7 +23,8 @@ after the window, its clips run again one per block (the clip that crashed is re
 its own, the innocent clips of its block just succeed) with one retry (``max_retries=1``);
 a clip that kills its worker in both tries is a failed row :data:`CRASH_REASON`, and
 comes after the window's other rows. A CNN actor that dies is restarted by Ray Data and
-its batch run again, so no clip is lost. Clips NVDEC failed on, or was decoding in an actor
+its batch run again (up to :data:`ACTOR_RETRIES` times, then its clips go to that second
+pass), so no clip is lost. Clips NVDEC failed on, or was decoding in an actor
 that died, go through that second pass too (decoded on the CPU). A clip whose decode takes
 longer than ``clip_timeout`` seconds fails with a timeout (checked between Python calls: a
 decoder stuck inside C code is caught by the crash rule only if it dies). Interruption and
@@ -79,6 +80,9 @@ OUTPUT_BLOCK_BYTES = 1 << 20
 DECODE_NICENESS = 10
 #: seconds to wait for a Ray head to accept a connection.
 CONNECT_TIMEOUT_S = 10.0
+#: times the batch of a CNN actor that died is run again (in a restarted actor) before its
+#: clips go to the second pass.
+ACTOR_RETRIES = 3
 #: the reason of a clip whose decode task's worker died twice.
 CRASH_REASON = "decoder crashed twice (the Ray worker process died)"
 
@@ -93,7 +97,8 @@ def ray_results(
     image_size: int,
     thumbnails: Thumbnailer | None = None,
 ) -> Iterator[ClipFeatures | Failure]:
-    """Features or failures of ``todo``, in its order, made on Ray (see the module doc),
+    """Features or failures of ``todo``, in its order (but clips of the second pass, after
+    the other rows of their window), made on Ray (see the module doc),
     with the identities of the clips' files as this process sees them. Sets the options of
     Ray Data's (process-wide) current ``DataContext`` that the crash rule and the clip order
     need, for the duration of the run.
@@ -147,7 +152,10 @@ def ray_results(
                 alone = _dataset(
                     ray, again, config, image_size, actors, gpu, thumbnails, nvdec_run, True
                 )
-                for clip in (yield from _collect(again, alone, thumbnails))[0]:
+                missing, redo = yield from _collect(again, alone, thumbnails)
+                if redo:  # the second pass decodes on the CPU: NVDEC sends nothing back
+                    raise RayEngineError(f"{len(redo)} clip(s) came back undecoded (a bug)")
+                for clip in missing:
                     yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
     finally:
         for name, value in previous.items():
@@ -297,6 +305,9 @@ def _dataset(
             num_cpus=0,
             num_gpus=1 if gpu else 0,
             scheduling_strategy="SPREAD",
+            # Ray Data's default (-1) retries the batch of an actor that died forever; after
+            # these, its block is dropped and its clips go to the second pass
+            max_task_retries=ACTOR_RETRIES,
         )
 
 
@@ -386,8 +397,9 @@ class FeatureActor:
     With ``decoder: nvdec``, the clips the decode tasks left to it (``{"nvdec": info}``) are
     decoded here with NVDEC, ``nvdec_threads`` at a time, their frames staying on the GPU.
     A clip NVDEC holds longer than ``clip_timeout`` is a failed row (its thread is
-    abandoned); a crash kills the actor, and Ray Data runs the batch once more in a new one
-    before its clips go to the CPU-only second pass.
+    abandoned). A crash kills the actor; Ray Data restarts it and runs its batches again,
+    and the clips that were being decoded with NVDEC then go to the CPU-only second pass
+    (:class:`extract.ray_nvdec.ActorNvdec`).
     """
 
     def __init__(

@@ -17,7 +17,8 @@
   applies (one retry in a fresh process, then a failed row). A batch retried on another
   node may crash NVDEC once there too: at most once per GPU node.
 
-Run folders whose journals all belong to dead processes are removed when an actor starts.
+Run folders whose journals all belong to dead processes of this host and were last written
+more than :data:`_STALE_S` seconds ago are removed when an actor starts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -41,8 +43,9 @@ log = logging.getLogger(__name__)
 
 #: a clip sent back to the driver for the CPU pass (NVDEC failed, or a suspect).
 CPU_PASS = None
-#: seconds after which a run folder of dead actors' journals may be removed.
-_STALE_S = 60.0
+#: seconds since its last write after which a run folder of dead actors' journals may be
+#: removed.
+_STALE_S = 600.0
 
 
 def journal_root() -> Path:
@@ -118,11 +121,8 @@ class ActorNvdec:
             self.journal.write("end", clip.clip_id)
             return item
 
-        futures: dict[Future, str] = {
-            self.pool.submit(run, clip, info): clip.clip_id
-            for clip, info in clips
-            if clip.clip_id not in out
-        }
+        jobs = {clip.clip_id: (clip, info) for clip, info in clips if clip.clip_id not in out}
+        futures: dict[Future, str] = {self.pool.submit(run, *jobs[c]): c for c in jobs}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=WAKE_S)
@@ -134,44 +134,58 @@ class ActorNvdec:
                 reason = f"NVDEC took longer than {self.timeout:g} s and was abandoned"
                 log.warning("%s: %s", futures[future], reason)
                 out[futures[future]] = {"ok": False, "reason": reason}
-            if late:  # the stuck threads stay with the old pool; its queued clips run there
+            if late:
+                # the stuck threads stay with the old pool (clips it is decoding finish
+                # there); the clips no thread has started move to a new pool
                 pending -= late
+                queued = {f for f in pending if f.cancel()}
+                pending -= queued
                 self.pool.shutdown(wait=False)
                 self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
+                for future in queued:
+                    again = self.pool.submit(run, *jobs[futures[future]])
+                    futures[again] = futures[future]
+                    pending.add(again)
         return out
 
 
-def _pid(path: Path) -> int | None:
-    """The pid in a journal's name (``inflight-<host>-<pid>-nvdec.log``)."""
-    stem = path.name.removesuffix(".log").removesuffix(JOURNAL_SUFFIX)
-    pid = stem.rpartition("-")[2]
-    return int(pid) if pid.isdigit() else None
+def _writer(path: Path) -> tuple[str, int] | None:
+    """The host and pid in a journal's name (``inflight-<host>-<pid>-nvdec.log``)."""
+    stem = path.name.removeprefix("inflight-").removesuffix(".log").removesuffix(JOURNAL_SUFFIX)
+    host, _, pid = stem.rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None
 
 
 def _alive(path: Path) -> bool:
-    """Whether the process that writes the journal ``path`` (on this node) is running."""
-    pid = _pid(path)
-    if pid is None:
+    """Whether the process that writes the journal ``path`` may be running: False when it
+    is gone or a zombie; True for a journal of another host (a ``/tmp`` shared between
+    machines: this node cannot tell)."""
+    writer = _writer(path)
+    if writer is None:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process of that pid
+    host, pid = writer
+    if host != socket.gethostname():
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _remove_dead_runs(root: Path, keep: str) -> None:
     """Remove the run folders of ``root`` (but ``keep``) whose journals all belong to dead
-    processes (and older than :data:`_STALE_S`: an actor of a run that just started may not
-    have written its journal yet)."""
+    processes and were last written more than :data:`_STALE_S` ago (an actor of a run that
+    just started may not have written its journal yet; one that died may be restarting)."""
     if not root.is_dir():
         return
     for folder in root.iterdir():
         with contextlib.suppress(OSError):
-            if folder.name == keep or time.time() - folder.stat().st_mtime < _STALE_S:
+            journals = list(folder.glob("inflight-*.log"))
+            newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in journals])
+            if folder.name == keep or time.time() - newest < _STALE_S:
                 continue
-            if not any(_alive(p) for p in folder.glob("inflight-*.log")):
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(folder)
+            if not any(_alive(p) for p in journals):
+                shutil.rmtree(folder)

@@ -71,10 +71,11 @@ def main() -> None:
         )
         a, b = FeatureStore(local.out), FeatureStore(ray.out)
         same_ids = sorted(a.ids) == sorted(b.ids)  # (NVDEC runs store clips as they finish)
-        rows = [a.ids.index(i) for i in b.ids] if same_ids else list(range(len(b.ids)))
-        diff = float(
-            np.abs(a.features(rows=rows).astype(np.float32) - b.features().astype(np.float32)).max()
-        )
+        diff = float("nan")
+        if same_ids:
+            rows = [a.ids.index(i) for i in b.ids]
+            local_features = a.features(rows=rows).astype(np.float32)
+            diff = float(np.abs(local_features - b.features().astype(np.float32)).max())
     print("| engine | clips | whole call s | clips/s | clip loop s | clips/s (loop) |")
     print("|---|---|---|---|---|---|")
     print(_row("local", local, args.clips))

@@ -147,7 +147,10 @@ def predict_command(
         typer.Option(help="Camtrap DP: project metadata YAML (configs/camtrap-project.yaml)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: 2].")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoder processes [default: 2; on a GPU every core but two, 2-32]."),
+    ] = None,
     shard_clips: Annotated[
         int | None, typer.Option(help="Clips per crash-safe feature shard [default: 32].")
     ] = None,

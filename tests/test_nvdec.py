@@ -28,6 +28,7 @@ from extract.nvdec import nv12_to_rgb, nvdec_accepts, resolve_decoder
 from extract.pipeline import extract_features
 from extract.probe import probe
 from extract.workers import journal_path, read_journal
+from tests.guards import fail_after
 from tests.media import CODECS, extension, indexed_clip, read_index, write_clip
 
 
@@ -291,17 +292,22 @@ def test_ray_actor_nvdec_abandons_a_stuck_clip_and_sends_dead_actors_clips_to_th
     run = journal_root() / "run1"
     run.mkdir(parents=True)
     # c.mp4 was in flight in an actor of this run that died, d.mp4 is in a live one's
-    (run / f"inflight-node-{_dead_pid()}-nvdec.log").write_text("start\tc.mp4\n")
-    (run / f"inflight-node-{os.getppid()}-nvdec.log").write_text("start\td.mp4\n")
+    host = socket.gethostname()
+    (run / f"inflight-{host}-{_dead_pid()}-nvdec.log").write_text("start\tc.mp4\n")
+    (run / f"inflight-{host}-{os.getppid()}-nvdec.log").write_text("start\td.mp4\n")
+    # another machine's journal (a /tmp shared between machines): cannot be judged, kept
+    (run / f"inflight-elsewhere-{_dead_pid()}-nvdec.log").write_text("start\ta.mp4\n")
     release = threading.Event()
     on_gpu: list[str] = []
+    # one thread: the clips queued behind the stuck one must move to a new thread
     nvdec = ActorNvdec(
-        _stand_in(on_gpu, hang="b.mp4", release=release), frames=4, size=32, threads=2,
+        _stand_in(on_gpu, hang="b.mp4", release=release), frames=4, size=32, threads=1,
         timeout=1, run_id="run1",
     )  # fmt: skip
-    own = run / f"inflight-{socket.gethostname()}-{os.getpid()}-nvdec.log"
+    own = run / f"inflight-{host}-{os.getpid()}-nvdec.log"
     try:
-        got = nvdec.decode(clips)
+        with fail_after(60, "the clips queued behind the stuck one were never decoded"):
+            got = nvdec.decode(clips)
         # the journal names the clip still held by the abandoned thread, and only that one
         assert read_journal(own) == {"b.mp4"}
     finally:
@@ -325,11 +331,21 @@ def test_ray_actor_nvdec_removes_only_old_run_folders_of_dead_actors(
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     root = journal_root()
-    old_dead, old_live, new_dead = root / "old-dead", root / "old-live", root / "new-dead"
-    for folder, pid in ((old_dead, _dead_pid()), (old_live, os.getppid()), (new_dead, 1 << 30)):
-        folder.mkdir(parents=True)
-        (folder / f"inflight-node-{pid}-nvdec.log").write_text("start\tx.mp4\n")
-    for folder in (old_dead, old_live):
-        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    host = socket.gethostname()
+    folders = {
+        "old-dead": (host, _dead_pid(), True),
+        "old-live": (host, os.getppid(), True),
+        "old-elsewhere": ("elsewhere", _dead_pid(), True),  # another machine's: kept
+        "new-dead": (host, 1 << 30, False),  # its actor may be restarting: kept
+    }
+    for name, (where, pid, old) in folders.items():
+        journal = root / name / f"inflight-{where}-{pid}-nvdec.log"
+        journal.parent.mkdir(parents=True)
+        journal.write_text("start\tx.mp4\n")
+        if old:
+            for path in (journal, journal.parent):
+                os.utime(path, (time.time() - 3600, time.time() - 3600))
     ActorNvdec(_stand_in([]), frames=4, size=32, threads=1, timeout=60, run_id="run2")
-    assert sorted(p.name for p in root.iterdir()) == ["new-dead", "old-live", "run2"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "new-dead", "old-elsewhere", "old-live", "run2"
+    ]  # fmt: skip

@@ -25,6 +25,7 @@ from extract.store import FeatureStore
 from extract.thumbnails import thumbnail_path
 from extract.workers import CRASH_ENV, HANG_ENV
 from stack.predict import features_dir, predict, thumbnails_dir
+from tests.guards import fail_after
 from tests.media import indexed_clip
 from tests.test_pipeline import _assert_same_store, _jungle
 
@@ -125,17 +126,8 @@ def test_nvdec_in_the_cnn_actors_takes_what_the_gate_accepts_and_survives_a_cras
     monkeypatch.setenv(STAND_IN_ENV, NVDEC_CRASHER)  # this process's check of NVDEC
     out = tmp_path / "ray.h5"
     config = _ray(small_config).model_copy(update={"decoder": "nvdec"})
-
-    def loops(signum: int, frame: object) -> None:
-        raise TimeoutError("the run loops: the clip that crashes NVDEC is retried forever")
-
-    previous = signal.signal(signal.SIGALRM, loops)
-    signal.alarm(300)
-    try:
+    with fail_after(300, "the run loops: the clip that crashes NVDEC is retried forever"):
         summary = extract_features(videos, out, config, show_progress=False)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
     assert summary.ok == 9 and summary.failed == 1
     a, b = FeatureStore(local), FeatureStore(out)
@@ -159,8 +151,12 @@ def test_nvdec_in_the_cnn_actors_takes_what_the_gate_accepts_and_survives_a_cras
 
 
 def test_nvdec_on_ray_without_gpu_actors_is_a_clear_error(
-    ray_instance: None, tmp_path: Path, small_config: FeaturesConfig
+    ray_instance: None,
+    tmp_path: Path,
+    small_config: FeaturesConfig,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv(STAND_IN_ENV, raising=False)
     videos = tmp_path / "videos"
     videos.mkdir()
     indexed_clip(videos / "a.mp4", 10)
