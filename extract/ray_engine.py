@@ -54,10 +54,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from extract.backbones import build_backbone
 from extract.config import FeaturesConfig, with_hardware_defaults
 from extract.discover import Clip
+from extract.features import TapExtractor
 from extract.nvdec import STAND_IN_ENV, gpu_decoder, nvdec_unavailable
-from extract.pipeline import clip_identity
+from extract.pipeline import FrameBatcher, clip_identity, resolve_device
 from extract.ray_nvdec import ActorNvdec, defer_to_nvdec
 from extract.store import UNKNOWN_IDENTITY, ClipFeatures, Failure
 from extract.thumbnails import ClipFrames, Thumbnailer
@@ -411,12 +413,6 @@ class FeatureActor:
         evidence: Any = None,
         width: int = 0,
     ) -> None:
-        import torch
-
-        from extract.backbones import build_backbone
-        from extract.features import TapExtractor
-        from extract.pipeline import resolve_device
-
         settings = FeaturesConfig(**config)
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # Ray sets 1 per CPU
         device = resolve_device(settings.device)
@@ -426,9 +422,12 @@ class FeatureActor:
         self.extractor = TapExtractor(
             backbone, device, settings.pooling, settings.precision, settings.tta
         )
-        self.layers = list(backbone.taps)
-        self.batch_frames = settings.batch_frames
         self.thumbnailer = _Renderer(evidence, width) if thumbnails else None
+        # one for the actor's life: its batch buffers (pinned on CUDA) are allocated once;
+        # every call ends with finish(), which leaves it empty
+        self.batcher = FrameBatcher(
+            self.extractor, list(backbone.taps), settings.batch_frames, self.thumbnailer
+        )
         self.nvdec: ActorNvdec | None = None
         if settings.decoder == "nvdec":
             self.nvdec = ActorNvdec(
@@ -441,9 +440,7 @@ class FeatureActor:
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from extract.pipeline import FrameBatcher
-
-        batcher = FrameBatcher(self.extractor, self.layers, self.batch_frames, self.thumbnailer)
+        batcher = self.batcher
         entries = [pickle.loads(blob) for blob in batch["item"]]
         on_gpu = [(clip, item["nvdec"]) for clip, item in entries if "nvdec" in item]
         decoded = self.nvdec.decode(on_gpu) if self.nvdec is not None and on_gpu else {}

@@ -37,7 +37,7 @@ from extract.discover import Clip
 from extract.hybrid import JOURNAL_SUFFIX, _LockedJournal, nvdec_item
 from extract.nvdec import GpuDecode, nvdec_accepts
 from extract.probe import DecodeError, VideoInfo, probe
-from extract.workers import WAKE_S, _Journal, read_journal
+from extract.workers import _JOURNAL_GLOB, WAKE_S, _Journal, journal_writer, read_journal
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ActorNvdec:
 
     def suspects(self) -> set[str]:
         """Clips that dead actors of this run on this node were decoding with NVDEC."""
-        for path in self.folder.glob("inflight-*.log"):
+        for path in self.folder.glob(_JOURNAL_GLOB):
             if path != self._own and path not in self._dead and not _alive(path):
                 self._dead[path] = read_journal(path) or set()
         return set().union(*self._dead.values())
@@ -149,18 +149,11 @@ class ActorNvdec:
         return out
 
 
-def _writer(path: Path) -> tuple[str, int] | None:
-    """The host and pid in a journal's name (``inflight-<host>-<pid>-nvdec.log``)."""
-    stem = path.name.removeprefix("inflight-").removesuffix(".log").removesuffix(JOURNAL_SUFFIX)
-    host, _, pid = stem.rpartition("-")
-    return (host, int(pid)) if host and pid.isdigit() else None
-
-
 def _alive(path: Path) -> bool:
     """Whether the process that writes the journal ``path`` may be running: False when it
     is gone or a zombie; True for a journal of another host (a ``/tmp`` shared between
     machines: this node cannot tell)."""
-    writer = _writer(path)
+    writer = journal_writer(path, JOURNAL_SUFFIX)
     if writer is None:
         return False
     host, pid = writer
@@ -183,7 +176,7 @@ def _remove_dead_runs(root: Path, keep: str) -> None:
         return
     for folder in root.iterdir():
         with contextlib.suppress(OSError):
-            journals = list(folder.glob("inflight-*.log"))
+            journals = list(folder.glob(_JOURNAL_GLOB))
             newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in journals])
             if folder.name == keep or time.time() - newest < _STALE_S:
                 continue

@@ -226,6 +226,14 @@ def journal_path(journal_dir: Path) -> Path:
     return Path(journal_dir) / f"inflight-{socket.gethostname()}-{os.getpid()}.log"
 
 
+def journal_writer(path: Path, suffix: str = "") -> tuple[str, int] | None:
+    """The host and pid in the name of a journal file (:func:`journal_path` + ``suffix``),
+    or None for another name."""
+    stem = path.name.removeprefix("inflight-").removesuffix(".log").removesuffix(suffix)
+    host, _, pid = stem.rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
 # --- journal -----------------------------------------------------------------------------
 
 
