@@ -7,6 +7,8 @@ to --clips symlinks):
   processes, frame-exact sampling, resize), start-up included;
 * the same decoding (``decode_item``) in torch DataLoader workers, as extraction did before
   the pool, and pool / DataLoader (target >= 1: containing crashes must not cost speed);
+* the main process's CPU milliseconds per clip in the pool (receiving each clip's frames:
+  what limits a GPU machine that decodes 80 clips/s);
 * CNN-only clips/s: the default backbone on already-decoded frames, batched as in a run;
 * end-to-end clips/s: ``extract_features`` writing a fresh store, over its clip loop
   (decode workers + CNN + shard writes); start-up (backbone build) and the final assembly
@@ -93,6 +95,25 @@ def _timed_pool(clips: list, config: FeaturesConfig, size: int) -> tuple[float, 
     )
     items = [item for _, item in pooled]
     return time.perf_counter() - start, items
+
+
+def _pool_main_cpu_ms(clips: list, config: FeaturesConfig, size: int) -> float:
+    """Main-thread CPU milliseconds per clip of the decoder pool (receiving the decoded
+    clips), with each clip's frames dropped once received, as the extraction does after
+    copying them into its batch."""
+    start = time.thread_time()
+    pooled = decode_in_workers(
+        clips,
+        frames=config.frames,
+        size=size,
+        device="cpu",
+        workers=config.workers,
+        timeout=config.clip_timeout,
+        journal_dir=None,
+    )
+    for _, item in pooled:
+        assert item["ok"], item.get("reason")
+    return 1000 * (time.thread_time() - start) / len(clips)
 
 
 def _timed_bare_decord(clips: list, frames: int, size: int) -> float:
@@ -192,6 +213,7 @@ def main() -> None:
         decode_s, items = _timed_pool(clips, config, size)
         assert all(item["ok"] for item in items), [i.get("reason") for i in items if not i["ok"]]
         decode_rate = len(clips) / decode_s
+        main_ms = _pool_main_cpu_ms(clips, config, size)
 
         bare_s = _timed_bare_decord(clips, config.frames, size)
         bare_rate = len(clips) / bare_s
@@ -234,6 +256,7 @@ def main() -> None:
     print(f"decode-only        {decode_rate:7.2f} clips/s  ({decode_s:.1f} s)")
     print(f"  DataLoader       {loader_rate:7.2f} clips/s  ({loader_s:.1f} s)")
     print(f"  pool / DataLoader{decode_rate / loader_rate:7.2f}   (target >= 1)")
+    print(f"  main-process CPU {main_ms:7.2f} ms/clip (receiving decoded clips)")
     print(f"CNN-only           {cnn_rate:7.2f} clips/s  ({cnn_s:.1f} s)")
     print(f"bound 1/(1/d+1/c)  {bound:7.2f} clips/s")
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
 import subprocess
@@ -20,7 +21,12 @@ from extract.discover import Clip, discover
 from extract.workers import (
     CRASH_ENV,
     HANG_ENV,
+    _buffer_bytes,
     _death_reason,
+    _frame_buffer,
+    _from_buffer,
+    _InBuffer,
+    _to_buffer,
     decode_in_workers,
     decode_item,
     journal_path,
@@ -103,12 +109,42 @@ def test_items_equal_in_process_decoding_in_clip_order(
 ) -> None:
     expected = [decode_item(c, FRAMES, SIZE, "cpu") for c in clips]
     assert [e["ok"] for e in expected] == [c.clip_id != "d_broken.mp4" for c in clips]
+    fds = len(os.listdir("/proc/self/fd"))
+    # every item is kept until the end: frames that still lived in a worker's frame buffer
+    # would have been overwritten by its later clips
     got = list(_pool(clips, workers, journal_dir=tmp_path))
     assert [c for c, _ in got] == clips
     for (_, item), want in zip(got, expected, strict=True):
         _assert_same(item, want)
+        if item["ok"]:
+            assert item["frames"].flags.owndata and item["frames"].flags.writeable
     assert list(tmp_path.iterdir()) == []  # the journal is removed at the end
     assert _children() == []
+    assert len(os.listdir("/proc/self/fd")) == fds  # pipes, pidfds, frame buffers closed
+
+
+def test_frame_buffer_round_trip_and_what_does_not_fit() -> None:
+    nbytes = _buffer_bytes(FRAMES, SIZE)
+    fd = _frame_buffer(nbytes)
+    try:
+        buffer = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    sent = _to_buffer({"ok": True, "frames": frames, "meta": {"a": 1}}, buffer)
+    assert sent["frames"] == _InBuffer((3, SIZE, SIZE, 3)) and sent["meta"] == {"a": 1}
+    back = _from_buffer(sent, buffer)
+    np.testing.assert_array_equal(back["frames"], frames)
+    buffer[:] = bytes(nbytes)  # the next clip overwrites the buffer: the copy keeps its frames
+    np.testing.assert_array_equal(back["frames"], frames)
+    too_big = np.zeros((FRAMES + 1, SIZE, SIZE, 3), np.uint8)
+    not_bytes = np.zeros((1, SIZE, SIZE, 3), np.float32)
+    for item in ({"ok": True, "frames": too_big}, {"ok": True, "frames": not_bytes}):
+        assert _to_buffer(item, buffer) is item  # sent through the pipe as it is
+    failed = {"ok": False, "reason": "x"}
+    assert _to_buffer(failed, buffer) is failed and _from_buffer(failed, buffer) is failed
+    buffer.close()
 
 
 def test_journal_records_clips_in_flight(clips: list[Clip], tmp_path: Path) -> None:
