@@ -29,9 +29,8 @@ processes, whose crash rule applies (a clip that kills its process is retried on
 fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
 path and never loops.
 
-Still to do (issue 11): decoders reused across clips (``reconfigure_decoder``; PyNvVideoCodec
-2.2.0 is reported to return fewer frames than asked after it, which
-:class:`extract.nvdec.NvdecDecoder` would turn into a CPU decode), and measurements on a GPU.
+Each NVDEC thread keeps one decoder across clips (:class:`extract.nvdec.ThreadDecoders`).
+Still to do (issue 11): measurements on a GPU.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ decoder is made, so a CPU-only install never loads it.
   resized (bicubic, antialiased) to the model's input size before the conversion, as
   ffmpeg's scaler does.
 * :class:`NvdecDecoder` samples a clip's frames (:func:`extract.decode.sample_indices`)
-  with one ``SimpleDecoder`` per thread and returns them on the GPU.
+  with one ``SimpleDecoder`` per thread, reused across clips (:class:`ThreadDecoders`),
+  and returns them on the GPU.
 
 CUDA must be initialised (by torch) before a decoder is created: creating one first
 crashed the process (segfault) on the measured machine.
@@ -33,11 +34,14 @@ import logging
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -184,10 +188,107 @@ def nv12_to_rgb(
     return rgb.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+@dataclasses.dataclass
+class SampledFrames:
+    """What :meth:`ThreadDecoders.sample` read: the decoder's frames of the distinct
+    source indices (valid until this thread's next clip), and the sampling."""
+
+    frames: list
+    index: np.ndarray
+    mask: np.ndarray
+    n_frames: int
+
+
+class ThreadDecoders:
+    """One decoder per thread, reused across clips.
+
+    ``open(path)`` makes a decoder (a PyNvVideoCodec ``SimpleDecoder``). A thread's next
+    clip reuses its decoder through ``reconfigure_decoder(path)``: making one (parser,
+    hardware decoder, surface pool) is the dominant per-clip cost (vLLM reuses its decoders
+    for that reason). Reuse is never trusted blindly: only a clip whose stream has the same
+    ``key`` as the decoder's last one (:func:`stream_key`: codec, size, pixel format; the
+    clips of one camera model) reuses it; a decoder whose reconfiguring raises is replaced;
+    a clip that fails on a reused decoder (PyNvVideoCodec 2.2.0 was reported to return fewer
+    frames than asked after reconfiguring) is read again with a fresh one; a decoder that
+    failed a clip is never used again.
+    """
+
+    def __init__(self, open: Callable[[Path], Any]) -> None:
+        self._open = open
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        #: decoders made so far (by every thread)
+        self.opened = 0
+
+    def decoder(self, path: Path, key: object) -> tuple[Any, bool]:
+        """This thread's decoder pointed at ``path`` (a stream of ``key``), and whether
+        it was reused."""
+        decoder = getattr(self._local, "decoder", None)
+        if decoder is not None and self._local.key == key:
+            try:
+                decoder.reconfigure_decoder(str(path))
+                return decoder, True
+            except Exception as exc:  # PyNvVideoCodec's errors
+                log.debug("NVDEC: reconfiguring a decoder for %s failed (%s)", path, exc)
+        self.discard()
+        decoder = self._open(path)
+        with self._lock:
+            self.opened += 1
+        self._local.decoder, self._local.key = decoder, key
+        return decoder, False
+
+    def discard(self) -> None:
+        """Forget this thread's decoder (the next clip makes a fresh one)."""
+        self._local.decoder, self._local.key = None, None
+
+    def sample(self, path: Path, key: object, n_frames: int) -> SampledFrames:
+        """The frames of ``n_frames`` slots of ``path``, a stream of ``key``
+        (:func:`extract.decode.sample_indices` over the frames the decoder counts).
+
+        Raises:
+            DecodeError: the clip has no frames or the decoder returned too few; other
+                exceptions of the decoder pass through. Either way after one retry with a
+                fresh decoder where a reused one failed.
+        """
+        decoder, reused = self.decoder(path, key)
+        try:
+            return _sample(decoder, n_frames)
+        except Exception as exc:
+            self.discard()
+            if not reused:
+                raise
+            log.debug("NVDEC: a reused decoder failed on %s (%s); a fresh one", path, exc)
+        decoder, _ = self.decoder(path, key)
+        try:
+            return _sample(decoder, n_frames)
+        except Exception:
+            self.discard()
+            raise
+
+
+def stream_key(info: VideoInfo) -> tuple[str, int, int, str]:
+    """What two streams must share for one decoder to be reused between them."""
+    return (info.codec, info.width, info.height, info.pix_fmt)
+
+
+def _sample(decoder: Any, n_frames: int) -> SampledFrames:
+    """Read the distinct frames of ``n_frames`` evenly spaced slots with ``decoder``."""
+    n = len(decoder)
+    if n <= 0:
+        raise DecodeError("NVDEC found no frames")
+    index, mask = sample_indices(n, n_frames)
+    wanted = sorted(set(index.tolist()))
+    frames = decoder.get_batch_frames_by_index(wanted)
+    if len(frames) != len(wanted):
+        raise DecodeError(f"NVDEC returned {len(frames)} of {len(wanted)} frames")
+    return SampledFrames(list(frames), index, mask, n)
+
+
 class NvdecDecoder:
-    """Samples clips with NVDEC: a PyNvVideoCodec ``SimpleDecoder`` per clip, in the
-    calling thread (call from several threads at once; decoders are never shared). torch's
-    CUDA context is created here, before any decoder.
+    """Samples clips with NVDEC in the calling thread (call from several threads at once):
+    one PyNvVideoCodec ``SimpleDecoder`` per thread, reused across clips
+    (:class:`ThreadDecoders`); decoders are never shared between threads. torch's CUDA
+    context is created here, before any decoder.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -198,6 +299,8 @@ class NvdecDecoder:
         torch.empty(1, device=device)  # the primary context exists before any decoder
         self.device = device
         self.gpu_id = device.index if device.index is not None else torch.cuda.current_device()
+        #: this decoder's per-thread PyNvVideoCodec decoders
+        self.decoders = ThreadDecoders(self._open)
 
     def _open(self, path: Path) -> object:
         import PyNvVideoCodec as nvc
@@ -220,19 +323,11 @@ class NvdecDecoder:
             DecodeError: the file cannot be decoded by NVDEC (the reason).
         """
         try:
-            decoder = self._open(path)
-            n = len(decoder)
-            if n <= 0:
-                raise DecodeError("NVDEC found no frames")
-            index, mask = sample_indices(n, n_frames)
-            wanted = sorted(set(index.tolist()))
-            frames = decoder.get_batch_frames_by_index(wanted)
-            if len(frames) != len(wanted):
-                raise DecodeError(f"NVDEC returned {len(frames)} of {len(wanted)} frames")
+            sampled = self.decoders.sample(path, stream_key(info), n_frames)
             with torch.cuda.device(self.device):
                 # (U, H*3/2, W) uint8; stacking copies: the decoder reuses its frame buffers
-                nv12 = torch.stack([torch.from_dlpack(f) for f in frames])
-                del frames, decoder
+                nv12 = torch.stack([torch.from_dlpack(f) for f in sampled.frames])
+                sampled.frames.clear()
                 matrix, full = color_conversion(info)
                 rgb = torch.cat(
                     [
@@ -244,7 +339,14 @@ class NvdecDecoder:
             raise
         except Exception as exc:  # PyNvVideoCodec's errors, CUDA out of memory, ...
             raise DecodeError(f"NVDEC cannot decode the file ({exc})") from exc
-        return DecodedClip(rgb, index, mask, "nvdec", False, n)  # type: ignore[arg-type]
+        return DecodedClip(
+            rgb,  # type: ignore[arg-type]
+            sampled.index,
+            sampled.mask,
+            "nvdec",
+            False,
+            sampled.n_frames,
+        )
 
 
 def gpu_decoder(device: torch.device) -> GpuDecode:

@@ -418,9 +418,7 @@ def _from_buffer(item: dict, buffer: mmap.mmap) -> dict:
     return item | {"frames": frames}
 
 
-def _worker_main(
-    conn: Connection, frames: int, size: int, device: str, buffer: mmap.mmap
-) -> None:
+def _worker_main(conn: Connection, frames: int, size: int, device: str, buffer: mmap.mmap) -> None:
     """A decoder process: report ready, then decode one ``(index, clip)`` task at a time,
     write the frames into ``buffer`` and send back ``(index, item)``, until the pipe closes
     or ``None`` arrives."""

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from extract.config import ConfigError, FeaturesConfig
-from extract.decode import decode_clip
+from extract.decode import decode_clip, sample_indices
 from extract.discover import discover
 from extract.hybrid import JOURNAL_SUFFIX, decode_hybrid
-from extract.nvdec import nv12_to_rgb, nvdec_accepts, resolve_decoder
+from extract.nvdec import ThreadDecoders, nv12_to_rgb, nvdec_accepts, resolve_decoder
 from extract.pipeline import extract_features
-from extract.probe import probe
+from extract.probe import DecodeError, probe
 from extract.workers import journal_path, read_journal
 from tests.guards import fail_after
 from tests.media import CODECS, extension, indexed_clip, read_index, write_clip
@@ -89,6 +89,78 @@ def test_gate_sends_only_frame_exact_8bit_streams_to_nvdec(tmp_path: Path) -> No
     assert not nvdec_accepts(dataclasses.replace(info, pix_fmt="yuv420p10le"))
     assert not nvdec_accepts(dataclasses.replace(info, colorspace=4))  # a matrix not converted
     assert not nvdec_accepts(dataclasses.replace(info, width=321))
+
+
+class _FakeNvdec:
+    """A stand-in for PyNvVideoCodec's ``SimpleDecoder`` (no NVDEC on this machine): a clip
+    ``NAME-FRAMES`` has FRAMES frames, and frame i reads as the pair (clip, i). ``faults``
+    names what goes wrong: ``reconfigure`` raises, ``short`` returns one frame too few from
+    a reconfigured decoder, ``broken`` returns one frame too few from any decoder."""
+
+    def __init__(self, path: Path, faults: set[str]) -> None:
+        self.faults = faults
+        self.path = str(path)
+        self.reconfigured = False
+
+    def reconfigure_decoder(self, path: str) -> None:
+        if "reconfigure" in self.faults:
+            raise RuntimeError("cannot reconfigure")
+        self.path, self.reconfigured = path, True
+
+    def __len__(self) -> int:
+        return int(self.path.rsplit("-", 1)[1])
+
+    def get_batch_frames_by_index(self, wanted: list[int]) -> list[tuple[str, int]]:
+        frames = [(Path(self.path).name, i) for i in wanted]
+        short = "broken" in self.faults or ("short" in self.faults and self.reconfigured)
+        return frames[:-1] if short else frames
+
+
+def test_nvdec_decoders_are_reused_per_thread_and_replaced_when_reuse_fails() -> None:
+    faults: set[str] = set()
+    made: list[_FakeNvdec] = []
+
+    def open_decoder(path: Path) -> _FakeNvdec:
+        made.append(_FakeNvdec(path, faults))
+        return made[-1]
+
+    decoders = ThreadDecoders(open_decoder)
+    key, other_key = ("h264", 720, 404, "yuv420p"), ("hevc", 720, 404, "yuv420p")
+
+    def check(name: str, key: tuple = key) -> None:
+        got = decoders.sample(Path(name), key, 8)
+        n = int(name.rsplit("-", 1)[1])
+        want, mask = sample_indices(n, 8)
+        assert got.frames == [(name, i) for i in sorted(set(want.tolist()))]
+        assert np.array_equal(got.index, want) and np.array_equal(got.mask, mask)
+        assert got.n_frames == n
+
+    for name in ["a-40", "b-300", "c-5", "a-40"]:  # one stream kind: one decoder
+        check(name)
+    assert decoders.opened == 1 and len(made) == 1
+    check("d-90", other_key)  # another codec: a fresh decoder
+    assert decoders.opened == 2
+    faults.add("reconfigure")  # reconfiguring raises: a fresh decoder
+    check("e-90", other_key)
+    assert decoders.opened == 3
+    faults.clear()
+    faults.add("short")  # a reconfigured decoder returns too few frames: read again, fresh
+    check("f-90", other_key)
+    assert decoders.opened == 4 and not made[-1].reconfigured
+    faults.add("broken")  # too few frames from a fresh decoder too: the clip fails
+    with pytest.raises(DecodeError, match="NVDEC returned 7 of 8 frames"):
+        decoders.sample(Path("g-90"), other_key, 8)
+    assert decoders.opened == 5  # a reused one, then a fresh one
+    faults.clear()
+    check("h-90", other_key)  # the decoder that failed is not used again
+    assert decoders.opened == 6
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: (check("i-40"), seen.append(id(made[-1]))))
+    thread.start()
+    thread.join()
+    assert decoders.opened == 7 and seen == [id(made[-1])]  # each thread its own decoder
+    check("j-40", other_key)  # this thread's decoder is still its own
+    assert decoders.opened == 7
 
 
 def test_decoder_setting_auto_falls_back_to_the_cpu_and_nvdec_is_a_clear_error(

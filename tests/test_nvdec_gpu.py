@@ -61,6 +61,16 @@ def test_nvdec_is_frame_exact_on_every_stream_the_gate_accepts(
             assert np.array_equal(got.mask, cpu.mask)
 
 
+def test_a_reused_nvdec_decoder_is_frame_exact(tmp_path: Path, nvdec: NvdecDecoder) -> None:
+    clips = [indexed_clip(tmp_path / f"c{n}.mp4", n, "h264_mp4") for n in (40, 300, 90, 12)]
+    before = nvdec.decoders.opened
+    for clip in clips + clips[::-1]:  # one thread, one stream kind: one decoder, reconfigured
+        got = nvdec.decode(clip, probe(clip), 32, (224, 224))
+        decoded = [read_index(f) for f in got.frames.cpu().numpy()]
+        assert decoded == sorted(set(got.frame_index.tolist())), clip.name
+    assert nvdec.decoders.opened - before <= 1
+
+
 def test_nvdec_on_a_cut_off_clip_fails_or_returns_the_requested_frames(
     tmp_path: Path, nvdec: NvdecDecoder
 ) -> None:
