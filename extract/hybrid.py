@@ -29,6 +29,13 @@ processes, whose crash rule applies (a clip that kills its process is retried on
 fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
 path and never loops.
 
+Why NVDEC runs in this process, not in a dedicated decoder process that would hand frames
+to the CNN through CUDA IPC: on the H100 of issue 11, NVDEC decoders in 2-4 processes
+(several CUDA contexts sharing the video engines) decoded 3x slower than the same threads
+in one process, and a dedicated process would be a second CUDA context next to the CNN's,
+with an IPC handle per clip; the journal above gives the crash rule without it, at the
+cost of a rerun after a crash. Not measured against each other on a GPU (none lent yet).
+
 Each NVDEC thread keeps one decoder across clips (:class:`extract.nvdec.ThreadDecoders`).
 Still to do (issue 11): measurements on a GPU.
 """
