@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from extract.discover import Clip
+from extract.identity import identity_or_unknown
 from extract.nvdec import GpuDecode
 from extract.probe import DecodeError, VideoInfo, probe
 from extract.workers import (
@@ -128,7 +129,9 @@ def nvdec_item(
     except Exception as exc:  # never let one clip stop the run: the CPU path retries it
         log.warning("%s: NVDEC failed (%s); decoding it on the CPU", clip.path, exc)
         return None
-    return decoded_item(decoded, video_meta(info, decoded))
+    return decoded_item(decoded, video_meta(info, decoded)) | {
+        "identity": identity_or_unknown(clip.files)
+    }
 
 
 class _GpuThreads:

@@ -60,6 +60,20 @@ def file_identity(path: Path) -> FileIdentity:
     return FileIdentity(int(st.st_size), int(st.st_mtime_ns), fingerprint(path, st.st_size))
 
 
+#: the identity of a clip whose files could not be read (it is processed again next time).
+UNKNOWN_IDENTITY = FileIdentity(-1, 0, "")
+
+
+def identity_or_unknown(paths: Sequence[Path]) -> FileIdentity:
+    """The identity of a clip's files as processed (:func:`files_identity`), or
+    :data:`UNKNOWN_IDENTITY` where they cannot be read. Computed by whoever decoded the
+    clip, right after decoding it (a decoder process, an NVDEC thread, a Ray task)."""
+    try:
+        return files_identity(paths)
+    except OSError:
+        return UNKNOWN_IDENTITY
+
+
 def files_identity(paths: Sequence[Path]) -> FileIdentity:
     """The identity of a clip's files (:func:`file_identity` for a single file; for several,
     see the module docstring).

@@ -32,12 +32,11 @@ from extract.config import DEFAULT_FRAMES, FeaturesConfig, with_hardware_default
 from extract.decode import decord_has_cuda
 from extract.discover import Clip, DiscoveryError, discover
 from extract.features import TapExtractor
-from extract.identity import FileIdentity, files_identity, is_unchanged
+from extract.identity import FileIdentity, identity_or_unknown, is_unchanged
 from extract.lock import StoreLock
 from extract.progress import clip_progress
 from extract.sequences import PHOTO_FRAMES
 from extract.store import (
-    UNKNOWN_IDENTITY,
     ClipFeatures,
     Failure,
     ShardBuffer,
@@ -529,7 +528,8 @@ def _local_results(
     extractor = TapExtractor(backbone, device, config.pooling, config.precision, config.tta)
     batcher = FrameBatcher(extractor, list(backbone.taps), config.batch_frames, thumbnails)
     for clip, item in _decoded(todo, config, image_size, device, parts):
-        item["identity"] = clip_identity(clip)
+        if "identity" not in item:  # a failure of the crash rule (its decoder died, timed out)
+            item["identity"] = identity_or_unknown(clip.files)
         if item["ok"]:
             yield from batcher.add(clip, item)
         else:
@@ -663,14 +663,6 @@ class FrameBatcher:
 def _numpy(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     """Frames as a numpy array (NVDEC's are a CUDA tensor)."""
     return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
-
-
-def clip_identity(clip: Clip) -> FileIdentity:
-    """The identity of a clip's files as processed (unknown when unreadable: retried later)."""
-    try:
-        return files_identity(clip.files)
-    except OSError:
-        return UNKNOWN_IDENTITY
 
 
 def _summarise(

@@ -58,10 +58,11 @@ from extract.backbones import build_backbone
 from extract.config import FeaturesConfig, with_hardware_defaults
 from extract.discover import Clip
 from extract.features import TapExtractor
+from extract.identity import identity_or_unknown
 from extract.nvdec import STAND_IN_ENV, gpu_decoder, nvdec_unavailable
-from extract.pipeline import FrameBatcher, clip_identity, resolve_device
+from extract.pipeline import FrameBatcher, resolve_device
 from extract.ray_nvdec import ActorNvdec, defer_to_nvdec
-from extract.store import UNKNOWN_IDENTITY, ClipFeatures, Failure
+from extract.store import ClipFeatures, Failure
 from extract.thumbnails import ClipFrames, Thumbnailer
 from extract.workers import CRASH_ENV, HANG_ENV, decode_item
 
@@ -158,7 +159,7 @@ def ray_results(
                 if redo:  # the second pass decodes on the CPU: NVDEC sends nothing back
                     raise RayEngineError(f"{len(redo)} clip(s) came back undecoded (a bug)")
                 for clip in missing:
-                    yield Failure(clip.clip_id, CRASH_REASON, clip_identity(clip))
+                    yield Failure(clip.clip_id, CRASH_REASON, identity_or_unknown(clip.files))
     finally:
         for name, value in previous.items():
             setattr(context, name, value)
@@ -355,7 +356,6 @@ def _collect(
         if result is None:  # NVDEC could not decode it
             redo.append(window[i])
             continue
-        result.identity = clip_identity(window[i])
         if jpeg is not None and thumbnails is not None:
             thumbnails.save(result.clip_id, jpeg)
         yield result
@@ -452,11 +452,10 @@ class FeatureActor:
                 item = decoded.get(clip.clip_id)
                 if item is None:  # NVDEC could not decode it: the driver's CPU pass will
                     continue
-            if item["ok"]:
-                item["identity"] = UNKNOWN_IDENTITY  # set by the driver
+            if item["ok"]:  # its identity was read where it was decoded
                 done = batcher.add(clip, item)
             else:
-                done = [Failure(clip.clip_id, item["reason"])]
+                done = [Failure(clip.clip_id, item["reason"], item["identity"])]
             results.update((r.clip_id, r) for r in done)
         results.update((r.clip_id, r) for r in batcher.finish())
         jpegs = self.thumbnailer.take() if self.thumbnailer is not None else {}

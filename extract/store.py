@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from extract.identity import FileIdentity
+from extract.identity import UNKNOWN_IDENTITY, FileIdentity
 
 FORMAT = "jungle-features"
 FORMAT_VERSION = 3
@@ -84,9 +84,6 @@ GAP_BYTES = 1 << 20
 
 class StoreError(RuntimeError):
     """A feature store cannot be read or extended (wrong format, other settings...)."""
-
-
-UNKNOWN_IDENTITY = FileIdentity(-1, 0, "")
 
 
 @dataclass
