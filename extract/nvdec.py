@@ -60,6 +60,9 @@ NVDEC_PIXEL_FORMATS: frozenset[str] = frozenset({"yuv420p", "yuvj420p"})
 #: ffmpeg's AVFieldOrder values of streams NVDEC decodes like ffmpeg (unknown, progressive):
 #: NVDEC deinterlaces interlaced streams, ffmpeg returns their frames woven.
 NVDEC_FIELD_ORDERS: frozenset[int] = frozenset({0, 1})
+#: clips in a row that a reused decoder fails and a fresh one reads before reuse is
+#: switched off (:class:`ThreadDecoders`).
+REUSE_STRIKES = 3
 #: frames converted from NV12 at once (bounds the float32 planes of a 4K clip's frames).
 CONVERT_FRAMES = 8
 #: ffmpeg's AVColorSpace values → the matrix ffmpeg converts them with (2: unspecified).
@@ -210,7 +213,9 @@ class ThreadDecoders:
     clips of one camera model) reuses it; a decoder whose reconfiguring raises is replaced;
     a clip that fails on a reused decoder (PyNvVideoCodec 2.2.0 was reported to return fewer
     frames than asked after reconfiguring) is read again with a fresh one; a decoder that
-    failed a clip is never used again.
+    failed a clip is never used again. After :data:`REUSE_STRIKES` clips in a row that a
+    reused decoder failed and a fresh one read, reuse is switched off for good (with a
+    warning): on a library with that bug, reuse would cost every clip two decodes.
     """
 
     def __init__(self, open: Callable[[Path], Any]) -> None:
@@ -219,12 +224,16 @@ class ThreadDecoders:
         self._lock = threading.Lock()
         #: decoders made so far (by every thread)
         self.opened = 0
+        #: clips in a row that a reused decoder failed and a fresh one read
+        self.strikes = 0
+        #: False once reuse has failed :data:`REUSE_STRIKES` times in a row
+        self.reuse = True
 
     def decoder(self, path: Path, key: object) -> tuple[Any, bool]:
         """This thread's decoder pointed at ``path`` (a stream of ``key``), and whether
         it was reused."""
         decoder = getattr(self._local, "decoder", None)
-        if decoder is not None and self._local.key == key:
+        if decoder is not None and self._local.key == key and self.reuse:
             try:
                 decoder.reconfigure_decoder(str(path))
                 return decoder, True
@@ -252,18 +261,35 @@ class ThreadDecoders:
         """
         decoder, reused = self.decoder(path, key)
         try:
-            return _sample(decoder, n_frames)
+            sampled = _sample(decoder, n_frames)
         except Exception as exc:
             self.discard()
             if not reused:
                 raise
             log.debug("NVDEC: a reused decoder failed on %s (%s); a fresh one", path, exc)
+        else:
+            if reused:
+                self._strike(False)
+            return sampled
         decoder, _ = self.decoder(path, key)
         try:
-            return _sample(decoder, n_frames)
+            sampled = _sample(decoder, n_frames)
         except Exception:
             self.discard()
             raise
+        self._strike(True)  # the clip was fine: reusing the decoder was what failed
+        return sampled
+
+    def _strike(self, failed: bool) -> None:
+        with self._lock:
+            self.strikes = self.strikes + 1 if failed else 0
+            if self.reuse and self.strikes >= REUSE_STRIKES:
+                self.reuse = False
+                log.warning(
+                    "NVDEC: %d clips in a row failed on a reused decoder and decoded with a "
+                    "fresh one; making a fresh decoder for every clip from now on",
+                    self.strikes,
+                )
 
 
 def stream_key(info: VideoInfo) -> tuple[str, int, int, str]:
@@ -326,7 +352,10 @@ class NvdecDecoder:
             sampled = self.decoders.sample(path, stream_key(info), n_frames)
             with torch.cuda.device(self.device):
                 # (U, H*3/2, W) uint8; stacking copies: the decoder reuses its frame buffers
+                # for this thread's next clip, so wait for the copy (it is queued on torch's
+                # stream, which need not be the one the decoder writes with)
                 nv12 = torch.stack([torch.from_dlpack(f) for f in sampled.frames])
+                torch.cuda.current_stream(self.device).synchronize()
                 sampled.frames.clear()
                 matrix, full = color_conversion(info)
                 rgb = torch.cat(

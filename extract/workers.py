@@ -31,16 +31,18 @@ the bulk of an item, do not: each worker writes them into its own shared frame b
 anonymous ``memfd`` the main process maps too, sized for one clip) and sends a
 placeholder, and the main process copies them out when the message arrives, before the
 worker can get its next clip. Receiving a clip (32 frames at 224 px, 4.8 MB) cost the
-main process 6.4 ms of CPU through the pipe and costs 1.2 ms through the buffer
-(``scripts/bench_features.py``, 2 cores): half a core against a tenth at 80 clips/s.
-Nothing of a buffer outlives the processes (no name in ``/dev/shm``: a ``kill -9`` leaks
-nothing).
+main process 6.4 ms of CPU through the pipe and costs 1.2-2.0 ms through the buffer
+(``scripts/bench_features.py``, 2 cores, BENCHMARKS.md): half a core against a tenth or
+two at 80 clips/s. A buffer's memory (frames x size² x 3 bytes: 4.8 MB at 32 x 224) is
+reserved when its worker starts and held until the worker exits. Nothing of a buffer
+outlives the processes (no name in ``/dev/shm``: a ``kill -9`` leaks nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import math
 import mmap
@@ -383,15 +385,28 @@ def _buffer_bytes(frames: int, size: int) -> int:
 
 
 def _frame_buffer(nbytes: int) -> int:
-    """A new anonymous shared file of ``nbytes`` (its fd; a ``memfd`` where the system
-    has one, else an unlinked temporary file)."""
+    """A new anonymous shared file of ``nbytes``, its memory reserved now (its fd; a
+    ``memfd`` where the system has one, else an unlinked temporary file).
+
+    Raises:
+        DecoderPoolError: the memory (or disk) for it cannot be reserved: a clear error now,
+            where a sparse file would kill the decoder with SIGBUS at its first clip.
+    """
     try:
         fd = os.memfd_create("jungle-frames", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
+        log.debug("no memfd: a frame buffer in %s", tempfile.gettempdir())
         with tempfile.TemporaryFile() as fh:
             fd = os.dup(fh.fileno())
     try:
-        os.ftruncate(fd, nbytes)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise DecoderPoolError(
+                    f"cannot reserve {nbytes / 2**20:.1f} MiB for a decoder's frame buffer ({exc})"
+                ) from None
+            os.ftruncate(fd, nbytes)  # a file system without fallocate
     except BaseException:
         os.close(fd)
         raise
@@ -530,13 +545,13 @@ class _Pool:
     def spawn(self) -> None:
         """Start a decoder process (a fresh interpreter that imports only this module)."""
         nbytes = _buffer_bytes(self.frames, self.size)
-        buffer_fd = _frame_buffer(nbytes)
         parent, child = Pipe(duplex=True)
         fd = child.fileno()
         root = str(Path(__file__).resolve().parents[1])
         args = [str(fd), str(os.getpid()), str(self.frames), str(self.size), self.device]
-        buffer = None
+        buffer_fd = buffer = None
         try:
+            buffer_fd = _frame_buffer(nbytes)
             buffer = mmap.mmap(buffer_fd, nbytes)
             process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, root, *args, str(buffer_fd)],
@@ -550,7 +565,8 @@ class _Pool:
             raise
         finally:
             child.close()
-            os.close(buffer_fd)
+            if buffer_fd is not None:
+                os.close(buffer_fd)
         pidfd = None
         with contextlib.suppress(AttributeError, OSError):
             pidfd = os.pidfd_open(process.pid)

@@ -155,6 +155,7 @@ def features(
     from extract.pipeline import extract_features, parse_shard
     from extract.ray_engine import RayEngineError
     from extract.store import StoreError
+    from extract.workers import DecoderPoolError
 
     overrides = {
         "backbone": backbone,
@@ -186,7 +187,14 @@ def features(
             overwrite=overwrite,
             shard=parse_shard(shard) if shard else None,
         )
-    except (ConfigError, DiscoveryError, BackboneError, StoreError, RayEngineError) as exc:
+    except (
+        ConfigError,
+        DiscoveryError,
+        BackboneError,
+        StoreError,
+        RayEngineError,
+        DecoderPoolError,
+    ) as exc:
         raise fail(err, str(exc)) from None
     except KeyboardInterrupt:
         err.print(

@@ -34,6 +34,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from extract.discover import DiscoveryError
     from extract.ray_engine import RayEngineError
     from extract.store import StoreError
+    from extract.workers import DecoderPoolError
     from pool.config import Level1Error
     from stack.train import Level2Error
 
@@ -45,6 +46,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         StoreError,
         ConfigError,
         RayEngineError,
+        DecoderPoolError,
     )
 
 

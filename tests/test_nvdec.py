@@ -24,7 +24,13 @@ from extract.config import ConfigError, FeaturesConfig
 from extract.decode import decode_clip, sample_indices
 from extract.discover import discover
 from extract.hybrid import JOURNAL_SUFFIX, decode_hybrid
-from extract.nvdec import ThreadDecoders, nv12_to_rgb, nvdec_accepts, resolve_decoder
+from extract.nvdec import (
+    REUSE_STRIKES,
+    ThreadDecoders,
+    nv12_to_rgb,
+    nvdec_accepts,
+    resolve_decoder,
+)
 from extract.pipeline import extract_features
 from extract.probe import DecodeError, probe
 from extract.workers import journal_path, read_journal
@@ -154,13 +160,28 @@ def test_nvdec_decoders_are_reused_per_thread_and_replaced_when_reuse_fails() ->
     faults.clear()
     check("h-90", other_key)  # the decoder that failed is not used again
     assert decoders.opened == 6
-    seen: list[int] = []
-    thread = threading.Thread(target=lambda: (check("i-40"), seen.append(id(made[-1]))))
+    main_decoder = made[-1]
+    thread = threading.Thread(target=check, args=("i-40",))
     thread.start()
     thread.join()
-    assert decoders.opened == 7 and seen == [id(made[-1])]  # each thread its own decoder
+    assert decoders.opened == 7 and made[-1] is not main_decoder  # each thread its own
     check("j-40", other_key)  # this thread's decoder is still its own
-    assert decoders.opened == 7
+    assert decoders.opened == 7 and main_decoder.path == "j-40" and decoders.reuse
+
+
+def test_nvdec_decoder_reuse_is_switched_off_when_it_keeps_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    faults = {"short"}  # every reconfigured decoder returns too few frames
+    decoders = ThreadDecoders(lambda path: _FakeNvdec(path, faults))
+    key = ("h264", 720, 404, "yuv420p")
+    for i in range(1 + REUSE_STRIKES):  # the first clip is read by a fresh decoder anyway
+        got = decoders.sample(Path(f"c{i}-40"), key, 8)
+        assert got.frames[-1] == (f"c{i}-40", 37)  # every clip read whole, by a fresh one
+    assert not decoders.reuse and decoders.opened == 1 + REUSE_STRIKES
+    assert "making a fresh decoder for every clip" in caplog.text
+    decoders.sample(Path("d-40"), key, 8)  # no reuse is tried any more: one decoder a clip
+    assert decoders.opened == 2 + REUSE_STRIKES
 
 
 def test_decoder_setting_auto_falls_back_to_the_cpu_and_nvdec_is_a_clear_error(

@@ -62,13 +62,21 @@ def test_nvdec_is_frame_exact_on_every_stream_the_gate_accepts(
 
 
 def test_a_reused_nvdec_decoder_is_frame_exact(tmp_path: Path, nvdec: NvdecDecoder) -> None:
-    clips = [indexed_clip(tmp_path / f"c{n}.mp4", n, "h264_mp4") for n in (40, 300, 90, 12)]
+    lengths = (40, 300, 90, 12)
+    clips = [indexed_clip(tmp_path / f"c{n}.mp4", n, "h264_mp4") for n in lengths]
     before = nvdec.decoders.opened
-    for clip in clips + clips[::-1]:  # one thread, one stream kind: one decoder, reconfigured
-        got = nvdec.decode(clip, probe(clip), 32, (224, 224))
+    # one thread, one stream kind: one decoder, reconfigured for each clip; the clips differ
+    # in length, so a decoder still reading its last clip would sample other frames
+    for clip, n in list(zip(clips, lengths, strict=True)) * 2:
+        info = probe(clip)
+        got = nvdec.decode(clip, info, 32, (224, 224))
+        assert got.n_frames == n, clip.name
         decoded = [read_index(f) for f in got.frames.cpu().numpy()]
         assert decoded == sorted(set(got.frame_index.tolist())), clip.name
-    assert nvdec.decoders.opened - before <= 1
+        cpu = decode_clip(clip, info, 32, (224, 224))
+        assert np.array_equal(got.frame_index, cpu.frame_index), clip.name
+        assert np.array_equal(got.mask, cpu.mask), clip.name
+    assert nvdec.decoders.opened - before <= 1 and nvdec.decoders.reuse
 
 
 def test_nvdec_on_a_cut_off_clip_fails_or_returns_the_requested_frames(
