@@ -226,8 +226,12 @@ class ThreadDecoders:
         self.opened = 0
         #: clips in a row that a reused decoder failed and a fresh one read
         self.strikes = 0
-        #: False once reuse has failed :data:`REUSE_STRIKES` times in a row
-        self.reuse = True
+
+    @property
+    def reuse(self) -> bool:
+        """False once reuse has failed :data:`REUSE_STRIKES` times in a row (for good: with
+        no reuse there is no strike and no success of reuse to reset the count)."""
+        return self.strikes < REUSE_STRIKES
 
     def decoder(self, path: Path, key: object) -> tuple[Any, bool]:
         """This thread's decoder pointed at ``path`` (a stream of ``key``), and whether
@@ -282,9 +286,10 @@ class ThreadDecoders:
 
     def _strike(self, failed: bool) -> None:
         with self._lock:
+            if not self.reuse:  # for good, even if a clip already in flight on reuse succeeds
+                return
             self.strikes = self.strikes + 1 if failed else 0
-            if self.reuse and self.strikes >= REUSE_STRIKES:
-                self.reuse = False
+            if self.strikes == REUSE_STRIKES:
                 log.warning(
                     "NVDEC: %d clips in a row failed on a reused decoder and decoded with a "
                     "fresh one; making a fresh decoder for every clip from now on",

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -82,8 +83,8 @@ class DecodeItems(Dataset):
         return decode_item(self.clips[i], self.frames, self.size, "cpu")
 
 
-def _timed_pool(clips: list, config: FeaturesConfig, size: int) -> tuple[float, list]:
-    start = time.perf_counter()
+def _pool(clips: list, config: FeaturesConfig, size: int) -> Iterator[dict]:
+    """The items of the extraction's decoder pool over ``clips``."""
     pooled = decode_in_workers(
         clips,
         frames=config.frames,
@@ -93,7 +94,12 @@ def _timed_pool(clips: list, config: FeaturesConfig, size: int) -> tuple[float, 
         timeout=config.clip_timeout,
         journal_dir=None,
     )
-    items = [item for _, item in pooled]
+    return (item for _, item in pooled)
+
+
+def _timed_pool(clips: list, config: FeaturesConfig, size: int) -> tuple[float, list]:
+    start = time.perf_counter()
+    items = list(_pool(clips, config, size))
     return time.perf_counter() - start, items
 
 
@@ -102,16 +108,7 @@ def _pool_main_cpu_ms(clips: list, config: FeaturesConfig, size: int) -> float:
     clips), with each clip's frames dropped once received, as the extraction does after
     copying them into its batch."""
     start = time.thread_time()
-    pooled = decode_in_workers(
-        clips,
-        frames=config.frames,
-        size=size,
-        device="cpu",
-        workers=config.workers,
-        timeout=config.clip_timeout,
-        journal_dir=None,
-    )
-    for _, item in pooled:
+    for item in _pool(clips, config, size):
         assert item["ok"], item.get("reason")
     return 1000 * (time.thread_time() - start) / len(clips)
 
