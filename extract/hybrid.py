@@ -24,7 +24,7 @@ aside. Any error of NVDEC on a clip (including CUDA running out of memory) sends
 to the decoder processes. A clip whose GPU decode takes longer than ``timeout`` becomes a
 failed row; its thread is abandoned (a new one takes its place) and the journal is kept,
 so a rerun decodes the clip on the CPU. A rerun reads the journals of dead runs
-(:func:`extract.workers.take_over_journals`): their clips skip NVDEC and go to the decoder
+(:func:`extract.journal.take_over_journals`): their clips skip NVDEC and go to the decoder
 processes, whose crash rule applies (a clip that kills its process is retried once in a
 fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
 path and never loops.
@@ -54,15 +54,14 @@ from pathlib import Path
 
 from extract.discover import Clip
 from extract.identity import identity_or_unknown
+from extract.journal import Journal, take_over_journals
 from extract.nvdec import GpuDecode
 from extract.probe import DecodeError, VideoInfo, probe
 from extract.workers import (
     WAKE_S,
     _CrashRule,
-    _Journal,
     _Pool,
     decoded_item,
-    take_over_journals,
     video_meta,
 )
 
@@ -80,7 +79,7 @@ _JOIN_S = 5.0
 class _LockedJournal:
     """A journal written from several threads; writes after :meth:`remove` are dropped."""
 
-    def __init__(self, journal: _Journal | None) -> None:
+    def __init__(self, journal: Journal | None) -> None:
         self._journal = journal
         self._lock = threading.Lock()
 

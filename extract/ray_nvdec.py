@@ -11,7 +11,7 @@
   (its thread is abandoned).
 * A crash inside NVDEC kills the actor; Ray Data restarts it and runs its batches again.
   So that the clip does not crash it forever, each actor journals the clips it is decoding
-  (format of :mod:`extract.workers`) in ``<tmp>/jungle-nvdec-<uid>/<run id>/`` on its
+  (format of :mod:`extract.journal`) in ``<tmp>/jungle-nvdec-<uid>/<run id>/`` on its
   node. An actor sends the clips that a dead actor of the same run on the same node was
   decoding (its suspects) back to the driver for the CPU pass, where the local crash rule
   applies (one retry in a fresh process, then a failed row). A batch retried on another
@@ -35,9 +35,10 @@ from pathlib import Path
 
 from extract.discover import Clip
 from extract.hybrid import JOURNAL_SUFFIX, _LockedJournal, nvdec_item
+from extract.journal import JOURNAL_GLOB, Journal, journal_writer, read_journal
 from extract.nvdec import GpuDecode, nvdec_accepts
 from extract.probe import DecodeError, VideoInfo, probe
-from extract.workers import _JOURNAL_GLOB, WAKE_S, _Journal, journal_writer, read_journal
+from extract.workers import WAKE_S
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,14 @@ class ActorNvdec:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="nvdec")
         _remove_dead_runs(journal_root(), keep=run_id)
         self.folder = journal_root() / run_id
-        journal = _Journal(self.folder, JOURNAL_SUFFIX)
+        journal = Journal(self.folder, JOURNAL_SUFFIX)
         self._own = journal.path
         self.journal = _LockedJournal(journal)
         self._dead: dict[Path, set[str]] = {}  # journals of dead actors → their suspects
 
     def suspects(self) -> set[str]:
         """Clips that dead actors of this run on this node were decoding with NVDEC."""
-        for path in self.folder.glob(_JOURNAL_GLOB):
+        for path in self.folder.glob(JOURNAL_GLOB):
             if path != self._own and path not in self._dead and not _alive(path):
                 self._dead[path] = read_journal(path) or set()
         return set().union(*self._dead.values())
@@ -176,7 +177,7 @@ def _remove_dead_runs(root: Path, keep: str) -> None:
         return
     for folder in root.iterdir():
         with contextlib.suppress(OSError):
-            journals = list(folder.glob(_JOURNAL_GLOB))
+            journals = list(folder.glob(JOURNAL_GLOB))
             newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in journals])
             if folder.name == keep or time.time() - newest < _STALE_S:
                 continue

@@ -10,16 +10,15 @@ out-of-memory killer) the main process knows exactly which clip killed it:
 * a clip that takes longer than ``timeout`` seconds gets its worker killed and becomes a
   failure (no retry).
 
-Crash-proof reruns: with a ``journal_dir``, the pool appends ``start<TAB>clip_id`` to its
-journal file ``inflight-<host>-<pid>.log`` before a clip is handed to a decoder and
-``end<TAB>clip_id`` once a decoder's item for it is received (flushed, not fsynced; tabs,
-newlines and backslashes in ids are backslash-escaped), and removes the file when it
-finishes or is interrupted. A journal file that outlives its run therefore names the clips
-that were in flight when the process died (:func:`suspects`); the next run decodes those in
-an isolated worker even with ``workers=0``, so a clip that killed the whole run becomes a
-failure instead of killing the rerun too. A clip whose decoder crashed or timed out gets no
-``end`` line, and suspects taken over from dead runs are written to the new journal, so
-they stay suspect until this run ends normally (the caller has then stored their rows).
+Crash-proof reruns: with a ``journal_dir``, the pool keeps a journal of the clips in flight
+(:mod:`extract.journal`): a clip is written as started before it is handed to a decoder and
+as ended once its item is received. A journal file that outlives its run names the clips
+that were in flight when the process died (:func:`extract.journal.suspects`); the next run
+decodes those in an isolated worker even with ``workers=0``, so a clip that killed the
+whole run becomes a failure instead of killing the rerun too. A clip whose decoder crashed
+or timed out gets no ``end`` line, and suspects taken over from dead runs are written to the
+new journal, so they stay suspect until this run ends normally (the caller has then stored
+their rows).
 
 Each decoder is a fresh Python interpreter (``subprocess``) that imports only this module
 (numpy, PyAV, decord; no torch): ``fork`` would copy the parent's torch/OpenMP threads in a
@@ -50,7 +49,6 @@ import os
 import pickle
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +65,7 @@ import numpy as np
 from extract.decode import DecodedClip, decode_clip
 from extract.discover import Clip
 from extract.identity import identity_or_unknown
+from extract.journal import Journal, take_over_journals
 from extract.probe import DECODING_FIELDS, DecodeError, VideoInfo, probe
 from extract.sequences import decode_sequence
 
@@ -93,8 +92,6 @@ _START_TIMEOUT_S = 120.0
 #: delivered to another thread (torch's OpenMP threads, Ray's), which does not interrupt the
 #: main thread's wait; Python runs the handler when the main thread next runs bytecode.
 WAKE_S = 0.5
-
-_JOURNAL_GLOB = "inflight-*.log"
 
 
 class DecoderPoolError(RuntimeError):
@@ -204,7 +201,7 @@ def decode_in_workers(
         clips: the clips to decode.
         frames, size, device: as for :func:`decode_item`.
         workers: decoder processes; 0 decodes in the calling process (no containment),
-            except :func:`suspects` of ``journal_dir``, which always get a worker.
+            except :func:`extract.journal.suspects` of ``journal_dir``, which always get a worker.
         timeout: seconds a worker may spend on one clip before it is killed and the clip
             becomes a failure.
         journal_dir: folder of the in-flight journals (created if missing), or None for
@@ -229,126 +226,6 @@ def decode_in_workers(
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     return _decode(list(clips), frames, size, device, workers, timeout, journal_dir)
-
-
-def suspects(journal_dir: Path, *, include_own: bool = False) -> set[str]:
-    """Clip ids that runs which died were decoding: started but not ended in the journal
-    files of ``journal_dir`` written by other processes (with ``include_own``, also a file
-    named like this process's, which is stale when no pool of this process is running).
-
-    The caller must hold the lock that makes it the only user of ``journal_dir``, so that
-    every other journal file is one of a dead run.
-    """
-    return _read_journals(journal_dir, include_own)[0]
-
-
-def journal_path(journal_dir: Path) -> Path:
-    """This process's journal file in ``journal_dir``."""
-    return Path(journal_dir) / f"inflight-{socket.gethostname()}-{os.getpid()}.log"
-
-
-def journal_writer(path: Path, suffix: str = "") -> tuple[str, int] | None:
-    """The host and pid in the name of a journal file (:func:`journal_path` + ``suffix``),
-    or None for another name."""
-    stem = path.name.removeprefix("inflight-").removesuffix(".log").removesuffix(suffix)
-    host, _, pid = stem.rpartition("-")
-    return (host, int(pid)) if host and pid.isdigit() else None
-
-
-# --- journal -----------------------------------------------------------------------------
-
-
-def _escape(clip_id: str) -> str:
-    return (
-        clip_id.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
-
-
-def _unescape(text: str) -> str:
-    out: list[str] = []
-    chars = iter(text)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, "")
-            out.append({"t": "\t", "n": "\n", "r": "\r"}.get(nxt, nxt))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _read_journals(journal_dir: Path, include_own: bool) -> tuple[set[str], list[Path]]:
-    """Started-but-not-ended clip ids of the journal files in ``journal_dir`` (all but this
-    process's unless ``include_own``), and the files read."""
-    own = journal_path(journal_dir)
-    found: set[str] = set()
-    read: list[Path] = []
-    if not Path(journal_dir).is_dir():
-        return found, read
-    for path in sorted(Path(journal_dir).glob(_JOURNAL_GLOB)):
-        if path == own and not include_own:
-            continue
-        unfinished = read_journal(path)
-        if unfinished is not None:
-            found |= unfinished
-            read.append(path)
-    return found, read
-
-
-def read_journal(path: Path) -> set[str] | None:
-    """The clip ids started but not ended in one journal file, or None where it cannot be
-    read (logged)."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        log.warning("cannot read decoder journal %s: %s", path, exc)
-        return None
-    started: set[str] = set()
-    ended: set[str] = set()
-    # only whole lines: a line cut off when the process died was not acted upon yet
-    # (a cut ``end`` line leaves its clip suspect, which is safe)
-    for line in text.split("\n")[:-1]:
-        kind, sep, escaped = line.partition("\t")
-        if not sep:
-            continue
-        if kind == "start":
-            started.add(_unescape(escaped))
-        elif kind == "end":
-            ended.add(_unescape(escaped))
-    return started - ended
-
-
-def take_over_journals(journal_dir: Path, suffix: str = "") -> tuple[_Journal, set[str]]:
-    """Start this run's journal (file name + ``suffix``) in ``journal_dir``: the clips that
-    runs which died were decoding (:func:`suspects`, this process's stale file included)
-    are written to it as started, so they stay suspect until this run ends cleanly, and the
-    dead runs' files are removed. Returns the journal and those clip ids."""
-    dead, files = _read_journals(journal_dir, include_own=True)
-    journal = _Journal(journal_dir, suffix)
-    for clip_id in sorted(dead):
-        journal.write("start", clip_id)
-    for path in files:
-        if path != journal.path:
-            path.unlink(missing_ok=True)
-    return journal, dead
-
-
-class _Journal:
-    """This pool's in-flight journal: one line per event, flushed (not fsynced) at once."""
-
-    def __init__(self, journal_dir: Path, suffix: str = "") -> None:
-        journal_dir.mkdir(parents=True, exist_ok=True)
-        own = journal_path(journal_dir)
-        self.path = own.with_name(own.stem + suffix + own.suffix)
-        self._fh = self.path.open("w", encoding="utf-8", errors="surrogateescape", newline="\n")
-
-    def write(self, kind: str, clip_id: str) -> None:
-        self._fh.write(f"{kind}\t{_escape(clip_id)}\n")
-        self._fh.flush()
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        self.path.unlink(missing_ok=True)
 
 
 # --- worker processes --------------------------------------------------------------------
@@ -711,7 +588,7 @@ def _decode(
     timeout: float,
     journal_dir: Path | None,
 ) -> Iterator[tuple[Clip, dict]]:
-    journal: _Journal | None = None
+    journal: Journal | None = None
     pool: _Pool | None = None
     try:
         isolated: set[int] = set()
@@ -801,7 +678,7 @@ def _schedule(
     slots: int,
     workers: int,
     isolated: set[int],
-    journal: _Journal | None,
+    journal: Journal | None,
     timeout: float,
 ) -> Iterator[tuple[Clip, dict]]:
     frames, size, device = pool.frames, pool.size, pool.device

@@ -24,6 +24,7 @@ from extract.config import ConfigError, FeaturesConfig
 from extract.decode import decode_clip, sample_indices
 from extract.discover import discover
 from extract.hybrid import JOURNAL_SUFFIX, decode_hybrid
+from extract.journal import journal_path, read_journal
 from extract.nvdec import (
     REUSE_STRIKES,
     ThreadDecoders,
@@ -33,7 +34,6 @@ from extract.nvdec import (
 )
 from extract.pipeline import extract_features
 from extract.probe import DecodeError, probe
-from extract.workers import journal_path, read_journal
 from tests.guards import fail_after
 from tests.media import CODECS, extension, indexed_clip, read_index, write_clip
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from extract.discover import Clip, discover
+from extract.journal import journal_path, suspects
 from extract.workers import (
     CRASH_ENV,
     HANG_ENV,
@@ -29,8 +30,6 @@ from extract.workers import (
     _to_buffer,
     decode_in_workers,
     decode_item,
-    journal_path,
-    suspects,
 )
 from tests.media import indexed_clip
 
