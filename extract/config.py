@@ -91,6 +91,13 @@ class FeaturesConfig(BaseModel):
     nvdec_threads: int = Field(
         8, ge=1, le=64, description="NVDEC decoder threads (engine ray: per GPU actor)"
     )
+    nvdec_host: Literal["thread", "process"] = Field(
+        "thread",
+        description="where the NVDEC threads run (engine local): thread: in the jungle process "
+        "(a crash in NVDEC ends the run, the rerun decodes that clip on the CPU); process: in "
+        "one dedicated decoder process that hands frames over through CUDA IPC (a crash ends "
+        "that process only)",
+    )
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU arithmetic of the CNN (CUDA always uses float16 autocast)"
     )

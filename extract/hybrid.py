@@ -29,12 +29,15 @@ processes, whose crash rule applies (a clip that kills its process is retried on
 fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
 path and never loops.
 
-Why NVDEC runs in this process, not in a dedicated decoder process that would hand frames
-to the CNN through CUDA IPC: on the H100 of issue 11, NVDEC decoders in 2-4 processes
-(several CUDA contexts sharing the video engines) decoded 3x slower than the same threads
-in one process, and a dedicated process would be a second CUDA context next to the CNN's,
-with an IPC handle per clip; the journal above gives the crash rule without it, at the
-cost of a rerun after a crash. Not measured against each other on a GPU (none lent yet).
+NVDEC in a dedicated decoder process instead (``process_device``; config
+``nvdec_host: process``; :class:`extract.nvdec_process.GpuProcess`): the same threads in one
+separate process that hands frames over through CUDA IPC, so a crash in NVDEC ends that
+process only and its clips go to the decoder processes at once, with no rerun. Threads in
+this process are the default: on the H100 of issue 11, NVDEC decoders in 2-4 processes
+(several CUDA contexts sharing the video engines) decoded 3x slower than the same threads in
+one process, and a dedicated process is a second CUDA context next to the CNN's, with a
+pickled item and a copy of the frames per clip. The two have not been measured against each
+other on a GPU (none lent yet): ``scripts/bench_nvdec.py`` prints both.
 
 Each NVDEC thread keeps one decoder across clips (:class:`extract.nvdec.ThreadDecoders`).
 Still to do (issue 11): measurements on a GPU.
@@ -56,6 +59,7 @@ from extract.discover import Clip
 from extract.identity import identity_or_unknown
 from extract.journal import Journal, take_over_journals
 from extract.nvdec import GpuDecode
+from extract.nvdec_process import GpuProcess
 from extract.probe import DecodeError, VideoInfo, probe
 from extract.workers import (
     WAKE_S,
@@ -262,7 +266,7 @@ class _GpuThreads:
 def decode_hybrid(
     clips: Sequence[Clip],
     *,
-    gpu_decode: GpuDecode,
+    gpu_decode: GpuDecode | None,
     frames: int,
     size: int,
     threads: int,
@@ -270,12 +274,16 @@ def decode_hybrid(
     timeout: float,
     journal_dir: Path | None,
     accepts: Gate,
+    process_device: str | None = None,
 ) -> Iterator[tuple[Clip, dict]]:
     """Decode ``clips`` with ``gpu_decode`` in ``threads`` threads where ``accepts`` the
     stream, and with ``workers`` CPU decoder processes, all taking clips from one queue
     (module docstring); yields every clip once. ``timeout``, ``journal_dir``: as for
     :func:`extract.workers.decode_in_workers`. Closing the generator stops the threads
-    and kills the processes.
+    and kills the processes. With ``process_device`` (a CUDA device name), the ``threads``
+    NVDEC threads run in one dedicated decoder process on that device instead
+    (:class:`extract.nvdec_process.GpuProcess`, with :func:`extract.nvdec.nvdec_accepts` as
+    the gate), and ``gpu_decode`` and ``accepts`` are not used.
 
     Raises:
         ValueError: ``threads < 1``, ``workers < 0`` or ``timeout <= 0`` (on the first
@@ -304,16 +312,21 @@ def decode_hybrid(
         (cpu_only if clip.is_sequence or clip.clip_id in dead else shared).append(index)
     rule = _CrashRule(clips, journal, timeout)
     pool = _Pool(frames, size, "cpu", timeout)
-    gpu: _GpuThreads | None = None
+    gpu: _GpuThreads | GpuProcess | None = None
     on_gpu = 0
     try:
-        gpu = _GpuThreads(
-            clips,
-            shared,
-            lambda clip: _gpu_item(clip, gpu_decode, accepts, frames, size, journal),
-            threads,
-            timeout,
-        )
+        if process_device is not None:
+            gpu = GpuProcess(clips, shared, process_device, frames, size, threads, timeout)
+        else:
+            assert gpu_decode is not None, "gpu_decode or process_device"
+            decode = gpu_decode
+            gpu = _GpuThreads(
+                clips,
+                shared,
+                lambda clip: _gpu_item(clip, decode, accepts, frames, size, journal),
+                threads,
+                timeout,
+            )
         remaining = len(clips)
         while remaining:
             if pool.workers:

@@ -429,9 +429,11 @@ def _decoded(
         from extract.hybrid import decode_hybrid
         from extract.nvdec import gpu_decoder, nvdec_accepts
 
+        in_process = config.nvdec_host == "thread"
         items = decode_hybrid(
             clips,
-            gpu_decode=gpu_decoder(device),
+            gpu_decode=gpu_decoder(device) if in_process else None,
+            process_device=None if in_process else str(device),
             frames=config.frames,
             size=size,
             threads=config.nvdec_threads,

@@ -7,9 +7,11 @@ On the real 720x404 clips of ../shared/data/chimpandsee looped to --clips symlin
   with a fresh decoder per clip (what decoder reuse saves);
 * CPU-only decode clips/s (the crash-containing decoder processes, --workers of them);
 * the hybrid scheduler (:func:`extract.hybrid.decode_hybrid`: 8 NVDEC threads and the
-  decoder processes taking clips from one queue) on the same clips;
+  decoder processes taking clips from one queue) on the same clips, with the NVDEC threads
+  in this process and in a dedicated decoder process (``nvdec_host``);
 * CNN-only clips/s (fp16 autocast, frames already on the GPU);
-* end-to-end ``extract_features`` clips/s with ``decoder: cpu`` and ``decoder: nvdec``.
+* end-to-end ``extract_features`` clips/s with ``decoder: cpu`` and ``decoder: nvdec``
+  (``nvdec_host: thread`` and ``process``).
 
 Without a CUDA device, PyNvVideoCodec or the driver's NVDEC library it prints why and
 exits 0 (nothing to measure on this machine).
@@ -121,6 +123,15 @@ def main() -> None:
         n = sum(1 for _ in items)
         print(f"hybrid, one queue       {_rate(n, time.perf_counter() - start)}")
 
+        start = time.perf_counter()  # the NVDEC threads in one decoder process instead
+        items = decode_hybrid(
+            clips, gpu_decode=None, frames=args.frames, size=224, threads=8,
+            workers=args.workers, timeout=300, journal_dir=None, accepts=nvdec_accepts,
+            process_device=str(device),
+        )  # fmt: skip
+        n = sum(1 for _ in items)
+        print(f"hybrid, NVDEC process   {_rate(n, time.perf_counter() - start)} (its start-up in)")
+
         backbone = build_backbone()
         extractor = TapExtractor(backbone, device)
         frames = nvdec.decode(clips[0].path, infos[0], args.frames, size).frames
@@ -134,16 +145,17 @@ def main() -> None:
         seconds = time.perf_counter() - start
         print(f"CNN-only (fp16, 256)    {20 * 256 / args.frames / seconds:8.2f} clips/s")
 
-        for decoder in ("cpu", "nvdec"):
+        for decoder, host in (("cpu", "thread"), ("nvdec", "thread"), ("nvdec", "process")):
             config = FeaturesConfig(
                 frames=args.frames, device="cuda", decoder=decoder, workers=args.workers,
-                batch_frames=512,
+                batch_frames=512, nvdec_host=host,
             )  # fmt: skip
-            out = Path(tmp) / f"{decoder}.h5"
+            out = Path(tmp) / f"{decoder}-{host}.h5"
             summary = extract_features(videos, out, config, show_progress=False)
             assert summary.ok == len(clips)
+            label = decoder if decoder == "cpu" else f"{decoder}, NVDEC in a {host}"
             print(
-                f"end-to-end, decoder {decoder:5s} "
+                f"end-to-end, decoder {label:28s} "
                 f"{_rate(len(clips), summary.processing_seconds)} (clip loop)"
             )
 

@@ -16,7 +16,9 @@ import torch
 from extract.backbones import build_backbone
 from extract.config import FeaturesConfig
 from extract.decode import decode_clip
+from extract.discover import discover
 from extract.features import TapExtractor
+from extract.hybrid import decode_hybrid
 from extract.nvdec import NvdecDecoder, nvdec_accepts, nvdec_unavailable
 from extract.pipeline import extract_features
 from extract.probe import DecodeError, probe
@@ -79,6 +81,28 @@ def test_a_reused_nvdec_decoder_is_frame_exact(tmp_path: Path, nvdec: NvdecDecod
     assert nvdec.decoders.opened - before <= 1 and nvdec.decoders.reuse
 
 
+def test_a_dedicated_nvdec_process_hands_over_exact_frames_on_the_gpu(tmp_path: Path) -> None:
+    lengths = (40, 300, 90, 12, 64, 33)
+    for n in lengths:
+        indexed_clip(tmp_path / "v" / f"c{n:03d}.mp4", n, "h264_mp4")
+    clips = discover(tmp_path / "v")[1]
+    items = decode_hybrid(
+        clips, gpu_decode=None, frames=32, size=224, threads=2, workers=0, timeout=120,
+        journal_dir=tmp_path / "parts", accepts=nvdec_accepts, process_device="cuda:0",
+    )  # fmt: skip
+    got = {clip.clip_id: item for clip, item in items}  # every item kept to the end
+    assert sorted(got) == [c.clip_id for c in clips]
+    for clip in clips:
+        item = got[clip.clip_id]
+        assert item["ok"] and item["meta"]["decoder"] == "nvdec", item
+        frames = item["frames"]
+        assert frames.is_cuda and frames.dtype == torch.uint8  # copied into this process
+        decoded = [read_index(f) for f in frames[item["rows"]].cpu().numpy()]
+        assert decoded == list(item["frame_index"]), clip.clip_id
+        cpu = decode_clip(clip.path, probe(clip.path), 32, (224, 224))
+        assert np.array_equal(item["frame_index"], cpu.frame_index), clip.clip_id
+
+
 def test_nvdec_on_a_cut_off_clip_fails_or_returns_the_requested_frames(
     tmp_path: Path, nvdec: NvdecDecoder
 ) -> None:
@@ -117,10 +141,13 @@ def test_nvdec_and_cpu_features_agree_on_the_real_clips(
         assert top_a == top_b, clip.name
 
 
+@pytest.mark.parametrize("host", ["thread", "process"])
 def test_features_with_nvdec_record_the_decoder_and_float16(
-    tmp_path: Path, clip_folder: Path
+    tmp_path: Path, clip_folder: Path, host: str
 ) -> None:
-    config = FeaturesConfig(frames=8, image_size=64, device="cuda", decoder="nvdec")
+    config = FeaturesConfig(
+        frames=8, image_size=64, device="cuda", decoder="nvdec", nvdec_host=host
+    )
     summary = extract_features(clip_folder, tmp_path / "f.h5", config, show_progress=False)
     assert summary.ok == 5
     meta = FeatureStore(tmp_path / "f.h5").meta()
