@@ -13,8 +13,9 @@
   queue that only the decoder processes take from, as do photo sequences and the suspects
   of dead runs. With ``workers=0`` the processes take clips from that second queue only
   (one process is started when it has clips): NVDEC decodes everything it can.
-* Memory is bounded: a thread holds one clip, at most ``threads`` decoded clips wait for
-  the consumer (then the threads wait), and a decoder process holds one clip.
+* Memory is bounded: a thread holds one clip, a decoder process holds one clip, and once
+  ``threads + workers`` decoded clips wait for the consumer nothing new is taken in until
+  it has had one (the threads then wait on their full queue, the processes for a clip).
 
 Crash safety: probing (ffmpeg) and NVDEC run inside this process, so a crash in either
 kills the run. The journal ``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (format
@@ -327,24 +328,28 @@ def decode_hybrid(
                 threads,
                 timeout,
             )
+        # decoded clips that may wait for the consumer: beyond it nothing new is taken in
+        # (the NVDEC threads wait on their full queue, the processes for a next clip)
+        backlog = threads + max(workers, 1)
         remaining = len(clips)
         while remaining:
             if pool.workers:
                 rule.handle(pool.poll(block=False))
-            for index, item in gpu.collect():
-                if item is None:
-                    cpu_only.append(index)
-                else:
-                    on_gpu += bool(item["ok"])
-                    rule.results[index] = item
-            # the processes: retries (fresh workers), set-aside clips, then the shared queue
-            rule.give_retries(pool)
-            while (worker := pool.idle()) is not None:
-                index = cpu_only.popleft() if cpu_only else (gpu.take() if workers else None)
-                if index is None:
-                    break
-                if not rule.give(pool, worker, index):
-                    cpu_only.appendleft(index)
+            if len(rule.results) < backlog:
+                for index, item in gpu.collect():
+                    if item is None:
+                        cpu_only.append(index)
+                    else:
+                        on_gpu += bool(item["ok"])
+                        rule.results[index] = item
+                # the processes: retries (fresh workers), set-aside clips, the shared queue
+                rule.give_retries(pool)
+                while (worker := pool.idle()) is not None:
+                    index = cpu_only.popleft() if cpu_only else (gpu.take() if workers else None)
+                    if index is None:
+                        break
+                    if not rule.give(pool, worker, index):
+                        cpu_only.appendleft(index)
             with gpu.lock:
                 queued = len(shared) if workers else 0
             pool.spawn_for(len(rule.retry) + len(cpu_only) + queued, max(workers, 1))

@@ -18,20 +18,26 @@ also take from.
 * Items come back over one pipe, pickled by :mod:`multiprocessing`'s pickler, into which
   ``torch.multiprocessing`` registers CUDA IPC for CUDA tensors: the frames stay on the GPU
   and only a handle crosses the pipe. The main process copies each clip's frames into its
-  own memory at once (a device-to-device copy) and drops the shared tensor, so frames
-  never depend on the decoder process staying alive.
+  own memory at once (a device-to-device copy, on a side stream that the current stream
+  then waits for, since releasing a shared tensor synchronises the stream it is released
+  on) and drops the shared tensor, so frames never depend on the decoder process staying
+  alive. A reply that cannot be read or copied is handled like a death (below) or sends
+  its clip to the CPU decoders.
 * A clip the gate refuses, or NVDEC fails on, comes back as None and goes to the CPU
   decoders. When the process dies (a crash inside NVDEC), every clip it held goes to the CPU
   decoders, whose crash rule applies (a clip that kills a CPU decoder twice is a failed
   row), and a new process is started; after :data:`MAX_RESTARTS` deaths NVDEC is given up
-  for the run (a warning) and the rest of its queue goes to the CPU. A clip held longer
-  than ``timeout`` becomes a failed row; the process is killed (its other clips go back to
-  the front of the queue) and started again.
+  for the run (a warning) and the rest of its queue goes to the CPU. A clip that one of its
+  threads has been decoding for longer than ``timeout`` (timed from when the thread took
+  it) becomes a failed row; the process is killed (its other clips go back to the front of
+  the queue) and started again.
 * No journal is needed for NVDEC: nothing NVDEC does can kill the jungle process. The
   decoder process dies with the jungle process (``PR_SET_PDEATHSIG``).
 
 The cost: a second CUDA context next to the CNN's, a pickled item per clip, and the copy of
-each clip's frames on the GPU.
+each clip's frames on the GPU. Not checked without a GPU (none lent yet): the CUDA IPC path
+itself (the CPU tests send numpy frames), and whether torch's IPC reference-count files in
+``/dev/shm`` outlive a decoder process that was killed.
 """
 
 from __future__ import annotations
@@ -90,24 +96,34 @@ def _serve(argv: list[str]) -> None:
     send = threading.Lock()
 
     def reply(message: tuple) -> None:
-        with send, contextlib.suppress(OSError):
-            conn.send(message)
+        with send:
+            try:
+                conn.send(message)
+            except OSError:
+                return  # the main process is gone
+            except Exception as exc:  # cannot be pickled or shared: the CPU path takes it
+                log.warning(
+                    "cannot hand clip %s over (%r); it is decoded on the CPU", message[0], exc
+                )
+                with contextlib.suppress(OSError):
+                    conn.send((message[0], None))
+
+    def item_of(clip: Clip) -> dict | None:
+        try:
+            info = probe(clip.path)
+        except DecodeError as exc:
+            return {"ok": False, "reason": str(exc)}
+        if not nvdec_accepts(info):
+            return None
+        return nvdec_item(clip, info, gpu_decode, int(frames), int(size))
 
     def work() -> None:
         while (task := tasks.get()) is not None:
             index, clip = task
+            reply(("start", index))  # its clip_timeout runs from now
             _test_hooks(clip.clip_id)  # the tests' crash and hang hooks (never set otherwise)
             try:
-                info = probe(clip.path)
-            except DecodeError as exc:
-                reply((index, {"ok": False, "reason": str(exc)}))
-                continue
-            try:
-                item = (
-                    nvdec_item(clip, info, gpu_decode, int(frames), int(size))
-                    if nvdec_accepts(info)
-                    else None
-                )
+                item = item_of(clip)
             except Exception as exc:  # a bug must not lose the clip: the CPU path takes it
                 log.warning("%s: NVDEC process error %r; decoding it on the CPU", clip.path, exc)
                 item = None
@@ -132,13 +148,13 @@ def _serve(argv: list[str]) -> None:
 
 
 def _owned(item: dict | None) -> dict | None:
-    """``item`` with CUDA frames received through IPC copied into this process's memory."""
+    """``item`` with CUDA frames received through IPC copied into this process's memory (the
+    shared tensor is released when the caller drops the received item)."""
     if item is None or not item.get("ok"):
         return item
     frames = item.get("frames")
     if getattr(frames, "is_cuda", False):
-        item = item | {"frames": frames.clone()}  # type: ignore[union-attr]
-        del frames  # the shared tensor: its producer may now free it
+        return item | {"frames": frames.clone()}  # type: ignore[union-attr]
     return item
 
 
@@ -156,8 +172,16 @@ class GpuProcess:
         threads: int,
         timeout: float,
     ) -> None:
+        import torch
         import torch.multiprocessing  # noqa: F401  (CUDA IPC in the pickler, to receive)
 
+        self._torch = torch
+        #: the stream that received frames are copied on (None: not a CUDA device)
+        self._stream = (
+            torch.cuda.Stream(torch.device(device))
+            if device.startswith("cuda") and torch.cuda.is_available()
+            else None
+        )
         self.clips = clips
         self.shared = shared
         self.settings = [device, str(frames), str(size), str(threads)]
@@ -166,7 +190,8 @@ class GpuProcess:
         self.lock = threading.Lock()  # guards shared (the same interface as the threads)
         self.deaths = 0
         self.given_up = False
-        self._inflight: dict[int, float] = {}  # clip → when it was sent
+        #: clips sent to the process → when one of its threads took it (None: not yet)
+        self._inflight: dict[int, float | None] = {}
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._ready = False
@@ -227,47 +252,84 @@ class GpuProcess:
 
     def collect(self) -> list[tuple[int, dict | None]]:
         """What the process finished since the last call (None: for the CPU decoders), the
-        clips of a process that died (None each), a failure for a clip held longer than
-        ``timeout``; then send it more clips."""
+        clips of a process that died (None each), a failure for a clip it has decoded for
+        longer than ``timeout``; then send it more clips."""
         out: list[tuple[int, dict | None]] = []
-        died = False
-        if self._conn is not None:
-            try:
-                while self._conn.poll():
-                    index, item = self._conn.recv()
-                    if index == "ready":
-                        self._ready = True
-                        continue
-                    self._inflight.pop(index, None)
-                    out.append((index, _owned(item)))
-            except (EOFError, OSError):
-                died = True
-            died = died or self._process is None or self._process.poll() is not None
-            if died:
+        if self._process is not None:
+            if self._process.poll() is not None:
+                # what it sent before dying stays unread: its CUDA memory died with it
                 self._died(out)
             else:
-                self._late(out)
-        if self._conn is not None and self._ready:
+                try:
+                    self._receive(out)
+                except (EOFError, OSError):
+                    self._died(out)
+                except Exception as exc:  # a reply that cannot be rebuilt, as a death
+                    self._died(out, f"its reply could not be read: {exc!r}")
+                else:
+                    self._late(out)
+        if self._process is not None and self._ready:
             self._feed()
         return out
 
-    def _died(self, out: list[tuple[int, dict | None]]) -> None:
+    def _receive(self, out: list[tuple[int, dict | None]]) -> None:
+        """Read every message waiting in the pipe. CUDA frames are copied and the shared
+        tensors released on a side stream (releasing one synchronises the current stream),
+        which the current stream then waits for on the GPU."""
+        assert self._conn is not None
+        while self._conn.poll():
+            with self._on_side_stream():
+                head, payload = self._conn.recv()
+                if head == "ready":
+                    self._ready = True
+                    continue
+                if head == "start":  # a thread took the clip: its timeout runs from now
+                    if payload in self._inflight:
+                        self._inflight[payload] = time.monotonic()
+                    continue
+                self._inflight.pop(head, None)
+                try:
+                    item = _owned(payload)
+                except Exception as exc:  # CUDA out of memory for the copy, ...
+                    log.warning(
+                        "%s: cannot copy NVDEC's frames (%r); decoding it on the CPU",
+                        self.clips[head].path,
+                        exc,
+                    )
+                    item = None
+                del payload  # releases the shared tensor, on the side stream
+            if item is not None and self._stream is not None and item.get("ok"):
+                current = self._torch.cuda.current_stream(self._stream.device)
+                current.wait_stream(self._stream)
+                item["frames"].record_stream(current)
+            out.append((head, item))
+
+    def _on_side_stream(self) -> contextlib.AbstractContextManager:
+        if self._stream is None:
+            return contextlib.nullcontext()
+        return self._torch.cuda.stream(self._stream)
+
+    def _died(self, out: list[tuple[int, dict | None]], why: str = "") -> None:
+        """The process died (or, with ``why``, is killed now): every clip it held goes to
+        the CPU decoders."""
         assert self._process is not None
-        try:
-            code = self._process.wait(_EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._stop()
+        if why:
+            self._stop()
+        else:
+            try:
+                why = _death_reason(self._process.wait(_EXIT_GRACE_S)).replace("decoder ", "", 1)
+            except subprocess.TimeoutExpired:
+                why = "its pipe closed"
+            self._stop()
         self.deaths += 1
+        # every clip it held, taken by a thread or not (what it sent last is not read)
         held = sorted(self._inflight)
         self._inflight.clear()
-        if not self._ready and not held:
-            reason = f"it did not start ({_death_reason(code)})"
-        else:
-            reason = _death_reason(code).replace("decoder ", "", 1)
+        if not self._ready:
+            why = f"it did not start: {why}"
         log.warning(
             "the NVDEC decoder process died (%s) holding %d clip(s); they are decoded on the CPU",
-            reason,
+            why,
             len(held),
         )
         out += [(index, None) for index in held]
@@ -288,7 +350,11 @@ class GpuProcess:
                 else:
                     self._start()
             return
-        late = [i for i, since in self._inflight.items() if now - since > self.timeout]
+        late = [
+            index
+            for index, since in self._inflight.items()
+            if since is not None and now - since > self.timeout
+        ]
         if not late:
             return
         reason = f"NVDEC took longer than {self.timeout:g} s and was abandoned"
@@ -324,7 +390,7 @@ class GpuProcess:
                 with self.lock:
                     self.shared.appendleft(index)
                 return
-            self._inflight[index] = time.monotonic()
+            self._inflight[index] = None
 
     @property
     def abandoned(self) -> bool:
@@ -344,7 +410,7 @@ class GpuProcess:
                 self._conn.send(None)
         if self._process is not None:
             try:
-                self._process.wait(_EXIT_GRACE_S if not self._inflight else 0.1)
+                self._process.wait(_EXIT_GRACE_S if self._ready and not self._inflight else 0.1)
             except subprocess.TimeoutExpired:
                 pass
         self._stop()

@@ -442,3 +442,29 @@ def test_ray_actor_nvdec_removes_only_old_run_folders_of_dead_actors(
     assert sorted(p.name for p in root.iterdir()) == [
         "new-dead", "old-elsewhere", "old-live", "run2"
     ]  # fmt: skip
+
+
+def test_the_hybrid_decodes_only_a_bounded_backlog_ahead_of_a_slow_consumer(
+    tmp_path: Path,
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(20):
+        indexed_clip(videos / f"v{i:02d}.mp4", 8)
+    clips = discover(videos)[1]
+    on_gpu: list[str] = []
+    threads = 2
+    items = decode_hybrid(
+        clips, gpu_decode=_stand_in(on_gpu), frames=4, size=32, threads=threads, workers=0,
+        timeout=60, journal_dir=tmp_path / "parts", accepts=nvdec_accepts,
+    )  # fmt: skip
+    ahead = []
+    for yielded, _ in enumerate(items, start=1):
+        time.sleep(0.2)  # a CNN slower than the decoders
+        ahead.append(len(on_gpu) - yielded)
+    assert len(on_gpu) == 20
+    # decoded, not yet yielded: collected while fewer than the backlog (threads + workers,
+    # here 3) waited, so at most 2 + the threads' queue (threads) before a yield takes one;
+    # then, while the consumer works, the queue fills again and each thread holds one more
+    backlog = threads + 1
+    assert max(ahead) <= (backlog - 1) + threads - 1 + 2 * threads, ahead
