@@ -17,7 +17,8 @@
   ``threads + workers`` decoded clips wait for the consumer nothing new is taken in until
   it has had one (the threads then wait on their full queue, the processes for a clip).
 
-Crash safety: probing (ffmpeg) and NVDEC run inside this process, so a crash in either
+Crash safety (threads in this process, the default): probing (ffmpeg) and NVDEC run here,
+so a crash in either
 kills the run. The journal ``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (format
 of :mod:`extract.workers`) has ``start<TAB>id`` from before a thread probes a clip, or
 before a clip is handed to a decoder process, and ``end<TAB>id`` once it is decoded or set
