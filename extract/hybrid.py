@@ -18,18 +18,17 @@
   it has had one (the threads then wait on their full queue, the processes for a clip).
 
 Crash safety (threads in this process, the default): probing (ffmpeg) and NVDEC run here,
-so a crash in either
-kills the run. The journal ``inflight-<host>-<pid>-nvdec.log`` in ``journal_dir`` (format
-of :mod:`extract.workers`) has ``start<TAB>id`` from before a thread probes a clip, or
-before a clip is handed to a decoder process, and ``end<TAB>id`` once it is decoded or set
-aside. Any error of NVDEC on a clip (including CUDA running out of memory) sends the clip
-to the decoder processes. A clip whose GPU decode takes longer than ``timeout`` becomes a
-failed row; its thread is abandoned (a new one takes its place) and the journal is kept,
-so a rerun decodes the clip on the CPU. A rerun reads the journals of dead runs
-(:func:`extract.journal.take_over_journals`): their clips skip NVDEC and go to the decoder
-processes, whose crash rule applies (a clip that kills its process is retried once in a
-fresh one, then becomes a failed row). So a clip that crashes NVDEC is retried on the CPU
-path and never loops.
+so a crash in either kills the run. The journal ``inflight-<host>-<pid>-nvdec.log`` in
+``journal_dir`` (format of :mod:`extract.journal`) has ``start<TAB>id`` from before a
+thread probes a clip, or before a clip is handed to a decoder process, and ``end<TAB>id``
+once it is decoded or set aside. Any error of NVDEC on a clip (including CUDA running out
+of memory) sends the clip to the decoder processes. A clip whose GPU decode takes longer
+than ``timeout`` becomes a failed row; its thread is abandoned (a new one takes its place)
+and the journal is kept, so a rerun decodes the clip on the CPU. A rerun reads the
+journals of dead runs (:func:`extract.journal.take_over_journals`): their clips skip NVDEC
+and go to the decoder processes, whose crash rule applies (a clip that kills its process
+is retried once in a fresh one, then becomes a failed row). So a clip that crashes NVDEC
+is retried on the CPU path and never loops.
 
 NVDEC in a dedicated decoder process instead (``process_device``; config
 ``nvdec_host: process``; :class:`extract.nvdec_process.GpuProcess`): the same threads in one
