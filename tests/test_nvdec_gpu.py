@@ -83,6 +83,7 @@ def test_a_reused_nvdec_decoder_is_frame_exact(tmp_path: Path, nvdec: NvdecDecod
 
 def test_a_dedicated_nvdec_process_hands_over_exact_frames_on_the_gpu(tmp_path: Path) -> None:
     lengths = (40, 300, 90, 12, 64, 33)
+    (tmp_path / "v").mkdir()
     for n in lengths:
         indexed_clip(tmp_path / "v" / f"c{n:03d}.mp4", n, "h264_mp4")
     clips = discover(tmp_path / "v")[1]
