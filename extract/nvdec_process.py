@@ -47,13 +47,11 @@ import logging
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, Pipe
-from pathlib import Path
 
 from extract.discover import Clip
 from extract.workers import (
@@ -62,6 +60,7 @@ from extract.workers import (
     _death_reason,
     _die_with_parent,
     _test_hooks,
+    start_interpreter,
 )
 
 log = logging.getLogger(__name__)
@@ -70,12 +69,6 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3
 #: clips sent to the decoder process per thread (one decoding, one waiting).
 AHEAD_PER_THREAD = 2
-
-_BOOT = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-    "import sys; sys.path.insert(0, sys.argv[1])\n"
-    "from extract.nvdec_process import _serve; _serve(sys.argv[2:])\n"
-)
 
 
 def _serve(argv: list[str]) -> None:
@@ -87,11 +80,12 @@ def _serve(argv: list[str]) -> None:
     import torch
     import torch.multiprocessing  # noqa: F401  (registers CUDA IPC in the pickler)
 
-    from extract.hybrid import nvdec_item
+    from extract.hybrid import _gpu_item, _LockedJournal
     from extract.nvdec import gpu_decoder, nvdec_accepts
-    from extract.probe import DecodeError, probe
 
     gpu_decode = gpu_decoder(torch.device(device))
+    frames_, size_ = int(frames), int(size)
+    no_journal = _LockedJournal(None)  # nothing here can kill the jungle process
     tasks: queue.Queue[tuple[int, Clip] | None] = queue.Queue()
     send = threading.Lock()
 
@@ -108,22 +102,13 @@ def _serve(argv: list[str]) -> None:
                 with contextlib.suppress(OSError):
                     conn.send((message[0], None))
 
-    def item_of(clip: Clip) -> dict | None:
-        try:
-            info = probe(clip.path)
-        except DecodeError as exc:
-            return {"ok": False, "reason": str(exc)}
-        if not nvdec_accepts(info):
-            return None
-        return nvdec_item(clip, info, gpu_decode, int(frames), int(size))
-
     def work() -> None:
         while (task := tasks.get()) is not None:
             index, clip = task
             reply(("start", index))  # its clip_timeout runs from now
             _test_hooks(clip.clip_id)  # the tests' crash and hang hooks (never set otherwise)
             try:
-                item = item_of(clip)
+                item = _gpu_item(clip, gpu_decode, nvdec_accepts, frames_, size_, no_journal)
             except Exception as exc:  # a bug must not lose the clip: the CPU path takes it
                 log.warning("%s: NVDEC process error %r; decoding it on the CPU", clip.path, exc)
                 item = None
@@ -202,21 +187,9 @@ class GpuProcess:
 
     def _start(self) -> None:
         parent, child = Pipe(duplex=True)
-        root = str(Path(__file__).resolve().parents[1])
         try:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _BOOT,
-                    root,
-                    str(child.fileno()),
-                    str(os.getpid()),
-                    *self.settings,
-                ],  # fmt: skip
-                stdin=subprocess.DEVNULL,
-                pass_fds=(child.fileno(),),
-            )
+            args = [str(child.fileno()), str(os.getpid()), *self.settings]
+            self._process = start_interpreter(__name__, "_serve", args, (child.fileno(),))
         except BaseException:
             parent.close()
             raise

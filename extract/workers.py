@@ -230,13 +230,22 @@ def decode_in_workers(
 
 # --- worker processes --------------------------------------------------------------------
 
-#: what a decoder process runs: ignore Ctrl-C at once (the main process stops decoders),
-#: import this module from the folder it was loaded from, serve.
-_BOOT = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-    "import sys; sys.path.insert(0, sys.argv[1])\n"
-    "from extract.workers import _worker_entry; _worker_entry(sys.argv[2:])\n"
-)
+
+def start_interpreter(
+    module: str, function: str, args: Sequence[str], pass_fds: tuple[int, ...]
+) -> subprocess.Popen:
+    """A fresh Python interpreter (a decoder process) that ignores Ctrl-C at once (the main
+    process stops its decoders), imports ``module`` from the folder this checkout was loaded
+    from and calls ``function(args)``; ``pass_fds`` stay open in it."""
+    boot = (
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        f"from {module} import {function}; {function}(sys.argv[2:])\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    return subprocess.Popen(
+        [sys.executable, "-c", boot, root, *args], stdin=subprocess.DEVNULL, pass_fds=pass_fds
+    )
 
 
 def _worker_entry(argv: list[str]) -> None:
@@ -424,16 +433,13 @@ class _Pool:
         nbytes = _buffer_bytes(self.frames, self.size)
         parent, child = Pipe(duplex=True)
         fd = child.fileno()
-        root = str(Path(__file__).resolve().parents[1])
         args = [str(fd), str(os.getpid()), str(self.frames), str(self.size), self.device]
         buffer_fd = buffer = None
         try:
             buffer_fd = _frame_buffer(nbytes)
             buffer = mmap.mmap(buffer_fd, nbytes)
-            process = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, root, *args, str(buffer_fd)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(fd, buffer_fd),
+            process = start_interpreter(
+                __name__, "_worker_entry", [*args, str(buffer_fd)], (fd, buffer_fd)
             )
         except BaseException:
             parent.close()

@@ -258,6 +258,15 @@ def test_hybrid_scheduler_routes_streams_journals_and_sends_suspects_to_the_cpu(
     assert not list(parts.glob("inflight-*.log"))
 
 
+def _mp4s(tmp_path: Path, names: list[str], frames: int) -> Path:
+    """A folder ``tmp_path/videos`` of index-coded H.264 MP4s ``NAME.mp4`` of ``frames``."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in names:
+        indexed_clip(videos / f"{name}.mp4", frames)
+    return videos
+
+
 def _stand_in(decoded_by: list[str], delay: float = 0.0, hang: str = "", release=None):
     """A GPU decoder for the CPU: the CPU decoder in the NVDEC threads, recording which
     clips it decoded and marking their items ``nvdec``; it sleeps ``delay`` seconds per
@@ -280,11 +289,7 @@ def _assert_exact(item: dict) -> None:
 
 
 def test_hybrid_threads_and_processes_take_clips_from_one_queue(tmp_path: Path) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(10):
-        indexed_clip(videos / f"v{i}.mp4", 12)
-    clips = discover(videos)[1]
+    clips = discover(_mp4s(tmp_path, [f"v{i}" for i in range(10)], 12))[1]
     on_gpu: list[str] = []
     # one slow NVDEC thread and one decoder process: both must take NVDEC's clips
     items = decode_hybrid(
@@ -304,11 +309,7 @@ def test_hybrid_threads_and_processes_take_clips_from_one_queue(tmp_path: Path) 
 def test_hybrid_abandons_a_stuck_nvdec_clip_and_a_rerun_decodes_it_on_the_cpu(
     tmp_path: Path,
 ) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in ("a", "b", "c", "d"):
-        indexed_clip(videos / f"{name}.mp4", 12)
-    clips = discover(videos)[1]
+    clips = discover(_mp4s(tmp_path, ["a", "b", "c", "d"], 12))[1]
     parts = tmp_path / "parts"
     release = threading.Event()
     on_gpu: list[str] = []
@@ -341,10 +342,7 @@ def test_hybrid_abandons_a_stuck_nvdec_clip_and_a_rerun_decodes_it_on_the_cpu(
 
 
 def test_closing_the_hybrid_early_stops_its_threads_and_processes(tmp_path: Path) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(8):
-        indexed_clip(videos / f"v{i}.mp4", 12)
+    videos = _mp4s(tmp_path, [f"v{i}" for i in range(8)], 12)
     indexed_clip(videos / "w.mkv", 12, "h264_mkv")
     clips = discover(videos)[1]
     items = decode_hybrid(
@@ -377,10 +375,7 @@ def test_ray_actor_nvdec_abandons_a_stuck_clip_and_sends_dead_actors_clips_to_th
     from extract.ray_nvdec import CPU_PASS, ActorNvdec, journal_root
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's journal folder
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in ("a", "b", "c", "d"):
-        indexed_clip(videos / f"{name}.mp4", 12)
+    videos = _mp4s(tmp_path, ["a", "b", "c", "d"], 12)
     clips = [(clip, probe(clip.path)) for clip in discover(videos)[1]]
     run = journal_root() / "run1"
     run.mkdir(parents=True)
@@ -447,11 +442,7 @@ def test_ray_actor_nvdec_removes_only_old_run_folders_of_dead_actors(
 def test_the_hybrid_decodes_only_a_bounded_backlog_ahead_of_a_slow_consumer(
     tmp_path: Path,
 ) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(20):
-        indexed_clip(videos / f"v{i:02d}.mp4", 8)
-    clips = discover(videos)[1]
+    clips = discover(_mp4s(tmp_path, [f"v{i:02d}" for i in range(20)], 8))[1]
     on_gpu: list[str] = []
     threads = 2
     items = decode_hybrid(
