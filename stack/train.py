@@ -44,6 +44,51 @@ class Level2Error(ValueError):
     """A level-2 step cannot run as asked; the message says what to fix."""
 
 
+#: how far level 2's OOF log loss may be above the best level-1 model's before
+#: :func:`train_level2` warns (the bound of docs/level2.md).
+LEVEL2_TOLERANCE = 0.002
+
+
+def against_best_level1(scores: dict[str, dict], models: list[str]) -> dict:
+    """Level 2 against the best of the level-1 ``models`` in ``scores`` (OOF metrics by
+    name, ``level2`` among them): the model, both log losses and their ratio, and
+    whether level 2 is within :data:`LEVEL2_TOLERANCE` of it."""
+    best = min(models, key=lambda m: (scores[m]["log_loss"], m))
+    best_loss, level2 = scores[best]["log_loss"], scores["level2"]["log_loss"]
+    return {
+        "model": best,
+        "log_loss": best_loss,
+        "level2_log_loss": level2,
+        "ratio": level2 / best_loss if best_loss > 0 else float("inf"),
+        "within_tolerance": level2 <= best_loss + LEVEL2_TOLERANCE,
+    }
+
+
+def report_against_level1(comparison: dict) -> None:
+    """Log level 2 against the best level-1 model; a warning when level 2 is worse than it
+    by more than :data:`LEVEL2_TOLERANCE` (its predictions would then be worse than that
+    model's alone, on data like the run's)."""
+    c = comparison
+    if c["within_tolerance"]:
+        log.info(
+            "level 2 OOF log loss %.4f: %.3fx the best level-1 model's (%s %.4f)",
+            c["level2_log_loss"],
+            c["ratio"],
+            c["model"],
+            c["log_loss"],
+        )
+        return
+    log.warning(
+        "level 2 OOF log loss %.4f is above the best level-1 model's (%s %.4f) by %.4f: "
+        "its predictions are likely worse than that model's alone; retrain level 2 with "
+        "`--candidates best` to use the best level-1 model",
+        c["level2_log_loss"],
+        c["model"],
+        c["log_loss"],
+        c["level2_log_loss"] - c["log_loss"],
+    )
+
+
 def _level1_id(run: Run) -> str:
     try:
         return run.level1_id()
@@ -129,13 +174,16 @@ def train_level2(
     metrics["scores"] = {
         k: v for k, v in metrics["scores"].items() if not k.startswith("level2")
     } | {"level2": evaluate(targets, oof, classes)}
+    comparison = against_best_level1(metrics["scores"], models)
     metrics["level2"] = {
         "chosen": picked,
         "temperature": _fold_temperatures(choices),
+        "against_best_level1": comparison,
         "folds": info["choices"],
     }
     run.write_json("metrics.json", metrics)
     log.info("level 2 mixture weights (mean over folds and classes): %s", picked)
+    report_against_level1(comparison)
     return metrics["scores"]
 
 

@@ -402,6 +402,8 @@ def test_level2_is_never_worse_than_the_best_level1_model(
     best = min(scores[m]["log_loss"] for m in models)
     assert scores["level2"]["log_loss"] <= best + 0.002, (scores["level2"]["log_loss"], best)
     assert scores["level2"]["log_loss"] < scores["prior"]["log_loss"]
+    recorded = Run(run).metrics()["level2"]["against_best_level1"]
+    assert recorded["within_tolerance"] and recorded["log_loss"] == best
 
 
 @pytest.fixture(scope="module")
@@ -482,3 +484,31 @@ def test_changing_held_out_labels_leaves_their_level1_oof_unchanged(tmp_path: Pa
             Run(first).oof(model).loc[other].to_numpy(),
             Run(second).oof(model).loc[other].to_numpy(),
         )
+
+
+def test_train_level2_warns_when_level2_is_worse_than_the_best_level1_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The comparison and the warning, on OOF scores of real probabilities."""
+    from stack.train import LEVEL2_TOLERANCE, against_best_level1, report_against_level1
+
+    classes = ["blank", "cat"]
+    rng = np.random.default_rng(0)
+    y = np.eye(2)[rng.integers(0, 2, 400)]
+    sharp, vague = np.where(y > 0.5, 0.9, 0.1), np.where(y > 0.5, 0.6, 0.4)
+    scores = {"good": evaluate(y, sharp, classes), "weak": evaluate(y, vague, classes)}
+    scores["prior"] = evaluate(y, np.full_like(y, 0.5), classes)  # not a level-1 model
+    for level2, worse in ((np.where(y > 0.5, 0.905, 0.095), False), ((sharp + vague) / 2, True)):
+        scores["level2"] = evaluate(y, level2, classes)
+        c = against_best_level1(scores, ["weak", "good"])
+        assert c["model"] == "good" and c["log_loss"] == scores["good"]["log_loss"]
+        assert c["ratio"] == pytest.approx(scores["level2"]["log_loss"] / c["log_loss"])
+        assert c["within_tolerance"] is not worse
+        assert (c["level2_log_loss"] > c["log_loss"] + LEVEL2_TOLERANCE) is worse
+        caplog.clear()
+        with caplog.at_level("INFO", logger="stack.train"):
+            report_against_level1(c)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == int(worse), warnings
+        if worse:
+            assert "good" in warnings[0] and "--candidates best" in warnings[0]
