@@ -45,7 +45,10 @@ def train_level1_command(
     ] = None,
     folds: Annotated[
         int | None,
-        typer.Option(help="Number of folds \\[default: 5, or those of a reused folds.csv]."),
+        typer.Option(
+            help="Number of folds \\[default: 5 (one per group with fewer groups), or those "
+            "of a reused folds.csv]."
+        ),
     ] = None,
     folds_csv: Annotated[
         Path | None,
@@ -153,7 +156,8 @@ def finetune_command(
         Path | None, typer.Option(help="folds.csv to use (default: RUN/folds.csv, else made).")
     ] = None,
     folds: Annotated[
-        int | None, typer.Option(help="k when folds.csv is made here (default: 5).")
+        int | None,
+        typer.Option(help="k when folds.csv is made here (default: 5, one per group with fewer)."),
     ] = None,
     group_column: Annotated[
         str | None, typer.Option(help="Labels column of groups (e.g. site), for new folds.")

@@ -30,7 +30,12 @@ class FinetuneConfig(BaseModel):
         None, ge=0, description="train on fold K's training part; None: on every labelled clip"
     )
     folds_csv: Path | None = Field(None, description="folds.csv to use; default RUN/folds.csv")
-    folds: int = Field(5, ge=2, le=100, description="k when folds.csv is made here")
+    folds: int | None = Field(
+        None,
+        ge=2,
+        le=100,
+        description="k when folds.csv is made here; default 5, or one per group when fewer",
+    )
     group_column: str | None = Field(None, description="labels column of groups, for new folds")
     group_by_folder: bool = Field(False, description="group clips by parent folder (new folds)")
     skip_missing: bool = Field(False, description="skip label rows that match no video")

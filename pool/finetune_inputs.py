@@ -14,7 +14,13 @@ import pandas as pd
 from extract.discover import Clip, discover
 from pool.config import Level1Error
 from pool.finetune_config import FinetuneConfig, FinetuneError
-from pool.folds import check_groups_kept, make_folds, read_folds, write_folds
+from pool.folds import (
+    check_groups_kept,
+    default_fold_count,
+    make_folds,
+    read_folds,
+    write_folds,
+)
 from pool.labels import read_labels
 
 log = logging.getLogger(__name__)
@@ -141,16 +147,17 @@ def fold_split(config: FinetuneConfig, data: LabelledClips) -> tuple[np.ndarray,
     elif config.folds_csv is not None:
         raise FinetuneError(f"folds file {config.folds_csv} does not exist")
     else:
-        if config.fold >= config.folds:
-            raise FinetuneError(f"fold {config.fold} does not exist with {config.folds} folds")
+        k = default_fold_count(config.folds, data.groups)
+        if config.fold >= k:
+            raise FinetuneError(f"fold {config.fold} does not exist with {k} folds")
         try:
-            folds = make_folds(data.targets, config.folds, config.seed, data.groups)
+            folds = make_folds(data.targets, k, config.seed, data.groups)
         except Level1Error as exc:
             raise FinetuneError(str(exc)) from exc
         path.parent.mkdir(parents=True, exist_ok=True)
         write_folds(path, ids, folds, data.groups)
-        present = list(range(config.folds))
-        log.info("made %d folds over %d labelled clips: %s", config.folds, n, path)
+        present = list(range(k))
+        log.info("made %d folds over %d labelled clips: %s", k, n, path)
     if config.fold not in present:
         raise FinetuneError(
             f"fold {config.fold} is not in {path}, whose folds are {min(present)}-{max(present)}"

@@ -9,6 +9,7 @@ whole group, so no group is split between training and validation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,23 @@ import numpy as np
 import pandas as pd
 
 from pool.config import Level1Error
+
+log = logging.getLogger(__name__)
+
+#: k when folds are made and neither the config nor the groups say otherwise.
+DEFAULT_FOLDS = 5
+
+
+def default_fold_count(folds: int | None, groups: np.ndarray | None) -> int:
+    """k for new folds: ``folds`` when given, else :data:`DEFAULT_FOLDS`, or one fold per
+    group when the clips are grouped into fewer groups than that (leave one site out)."""
+    if folds is not None:
+        return folds
+    n_groups = len(np.unique(groups)) if groups is not None else DEFAULT_FOLDS
+    if 2 <= n_groups < DEFAULT_FOLDS:
+        log.info("%d groups: one fold per group (%d folds)", n_groups, n_groups)
+        return n_groups
+    return DEFAULT_FOLDS
 
 
 def make_folds(
@@ -47,7 +65,10 @@ def make_folds(
     n_units = int(unit_of.max()) + 1 if n else 0
     if n_units < n_folds:
         what = "groups" if groups is not None else "clips"
-        raise Level1Error(f"{n_units} {what} cannot be split into {n_folds} folds")
+        raise Level1Error(
+            f"{n_units} {what} cannot be split into {n_folds} folds; use at most {n_units} "
+            "folds (--folds)"
+        )
     counts = np.zeros((n_units, y.shape[1]), dtype=np.int64)
     np.add.at(counts, unit_of, y)
     sizes = np.bincount(unit_of, minlength=n_units).astype(np.float64)

@@ -25,7 +25,7 @@ from extract.store import FeatureStore
 from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml
 from pool.data import FeatureBlock, Level1Data, load_block, load_training_data, open_stores
 from pool.estimators import Level1Classifier, load_estimator
-from pool.folds import check_groups_kept, make_folds, write_folds
+from pool.folds import DEFAULT_FOLDS, check_groups_kept, default_fold_count, make_folds, write_folds
 from pool.histogram import SCORE_BATCH
 from pool.metrics import evaluate, prior_oof
 from pool.oof import cross_fit
@@ -33,9 +33,6 @@ from pool.rundir import Run
 from pool.train_torch import PREDICT_BATCH
 
 log = logging.getLogger(__name__)
-
-#: k when folds are made and the config gives none.
-DEFAULT_FOLDS = 5
 
 
 def model_seed(seed: int, model: str, fold: int) -> int:
@@ -185,7 +182,8 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
                 "those folds, or delete the file to make new ones"
             )
     else:
-        k = config.folds or DEFAULT_FOLDS
+        k = config.folds or DEFAULT_FOLDS  # only to open the stores; see below
+    asked = config.folds
     config = config.model_copy(update={"folds": k})
     stores = _open_fold_stores(config, k)
     data = load_training_data(config.for_fold(0), stores[0])
@@ -193,6 +191,8 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
         folds = _folds_from_table(data, *reused)
         log.info("reusing the %d folds of %s", k, reused[0])
     else:
+        k = default_fold_count(asked, data.groups)
+        config = config.model_copy(update={"folds": k})
         folds = make_folds(data.targets, k, config.seed, data.groups)
     ids, targets, classes, groups = data.block.ids, data.targets, data.classes, data.groups
     n, n_classes = targets.shape

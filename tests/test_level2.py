@@ -512,3 +512,13 @@ def test_train_level2_warns_when_level2_is_worse_than_the_best_level1_model(
         assert len(warnings) == int(worse), warnings
         if worse:
             assert "good" in warnings[0] and "--candidates best" in warnings[0]
+
+
+def test_grouped_run_without_folds_gets_one_fold_per_site(tmp_path: Path) -> None:
+    """Four sites and no --folds: four folds of one site each (not an error about 5)."""
+    store, csv = synthetic_run_inputs(tmp_path, SyntheticSpec(clips=80, frames=6, sites=4, seed=9))
+    run = train_level1(run_config(store, csv, tmp_path / "run", models=["pool"], folds=None))
+    table = pd.read_csv(run / "folds.csv")
+    assert table.groupby("group")["fold"].nunique().eq(1).all()
+    assert sorted(table.groupby("fold")["group"].nunique()) == [1, 1, 1, 1]
+    assert load_config(run / "config.yaml", {}).folds == 4

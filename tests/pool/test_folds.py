@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pool.config import Level1Error
-from pool.folds import inner_split, make_folds, read_folds, write_folds
+from pool.folds import default_fold_count, inner_split, make_folds, read_folds, write_folds
 
 
 def multilabel(n: int, seed: int) -> np.ndarray:
@@ -70,10 +70,20 @@ def test_same_seed_same_folds_other_seed_other_folds() -> None:
 
 def test_too_few_clips_or_groups() -> None:
     y = multilabel(50, seed=0)
-    with pytest.raises(Level1Error, match="3 groups cannot be split into 5 folds"):
+    with pytest.raises(Level1Error, match="3 groups cannot be split into 5 folds; use at most 3"):
         make_folds(y, 5, seed=0, groups=np.array(["a", "b", "c"] * 16 + ["a", "b"]))
     with pytest.raises(Level1Error, match="4 clips"):
         make_folds(y[:4], 5, seed=0)
+
+
+def test_default_fold_count_is_one_fold_per_group_when_there_are_fewer_than_five() -> None:
+    four_sites = np.array(["a", "b", "c", "d"] * 10)
+    assert default_fold_count(None, four_sites) == 4  # leave one site out
+    assert default_fold_count(None, np.array(list("abcdefg") * 5)) == 5
+    assert default_fold_count(None, None) == 5
+    assert default_fold_count(3, four_sites) == 3  # asked for: kept
+    assert default_fold_count(6, four_sites) == 6  # make_folds then says what to do
+    assert default_fold_count(None, np.array(["a"] * 9)) == 5  # one group: make_folds fails
 
 
 def test_inner_split_is_a_grouped_fraction() -> None:
