@@ -25,7 +25,7 @@ from extract.store import FeatureStore
 from pool.config import MODELS, FeatureSource, Level1Config, Level1Error, config_yaml
 from pool.data import FeatureBlock, Level1Data, load_block, load_training_data, open_stores
 from pool.estimators import Level1Classifier, load_estimator
-from pool.folds import DEFAULT_FOLDS, check_groups_kept, default_fold_count, make_folds, write_folds
+from pool.folds import check_groups_kept, default_fold_count, make_folds, write_folds
 from pool.histogram import SCORE_BATCH
 from pool.metrics import evaluate, prior_oof
 from pool.oof import cross_fit
@@ -174,6 +174,7 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
             f"made with: {run.file('folds.csv')} (written by `jungle finetune --fold K`) or "
             "--folds-csv"
         )
+    k = 1  # new folds: counted once the groups are known; the stores are then shared
     if reused is not None:
         k = int(reused[1]["fold"].max()) + 1
         if config.folds is not None and config.folds != k:
@@ -181,19 +182,15 @@ def train_level1(config: Level1Config, overwrite: bool = False) -> Path:
                 f"{reused[0]} has {k} folds but --folds is {config.folds}; drop --folds to reuse "
                 "those folds, or delete the file to make new ones"
             )
-    else:
-        k = config.folds or DEFAULT_FOLDS  # only to open the stores; see below
-    asked = config.folds
-    config = config.model_copy(update={"folds": k})
     stores = _open_fold_stores(config, k)
     data = load_training_data(config.for_fold(0), stores[0])
     if reused is not None:
         folds = _folds_from_table(data, *reused)
         log.info("reusing the %d folds of %s", k, reused[0])
     else:
-        k = default_fold_count(asked, data.groups)
-        config = config.model_copy(update={"folds": k})
+        k = default_fold_count(config.folds, data.groups)
         folds = make_folds(data.targets, k, config.seed, data.groups)
+    config = config.model_copy(update={"folds": k})
     ids, targets, classes, groups = data.block.ids, data.targets, data.classes, data.groups
     n, n_classes = targets.shape
     run.clear()
