@@ -79,13 +79,16 @@ def report_against_level1(comparison: dict) -> None:
         )
         return
     log.warning(
-        "level 2 OOF log loss %.4f is above the best level-1 model's (%s %.4f) by %.4f: "
-        "its predictions are likely worse than that model's alone; retrain level 2 with "
-        "`--candidates best` to use the best level-1 model",
+        "level 2 OOF log loss %.4f is above the best level-1 model's (%s %.4f) by %.4f: on "
+        "new sites its predictions are likely worse than %s's alone (docs/level2.md, 'What "
+        "still fails'; the default candidates and --select overall stayed within %.3f of "
+        "the best level-1 model on every set measured there)",
         c["level2_log_loss"],
         c["model"],
         c["log_loss"],
         c["level2_log_loss"] - c["log_loss"],
+        c["model"],
+        LEVEL2_TOLERANCE,
     )
 
 

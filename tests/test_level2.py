@@ -511,7 +511,7 @@ def test_train_level2_warns_when_level2_is_worse_than_the_best_level1_model(
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == int(worse), warnings
         if worse:
-            assert "good" in warnings[0] and "--candidates best" in warnings[0]
+            assert "above the best level-1 model's (good " in warnings[0]
 
 
 def test_grouped_run_without_folds_gets_one_fold_per_site(tmp_path: Path) -> None:
